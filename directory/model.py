@@ -1,0 +1,557 @@
+"""The trust directory's entries, as immutable dataclasses.
+
+What must stay true:
+
+- Every entry validates its identifiers when constructed (``__post_init__``);
+  an entry that exists is well-formed. Invalid input raises
+  :class:`~directory.errors.InvalidFieldError` naming the field.
+- Each entry kind has one key (:func:`key_of`): practitioner national id
+  (``8``+RPPS or ``0``+ADELI), organisation national structure id (``1``+FINESS
+  or ``3``+SIRET), mailbox address (canonical form, see
+  :func:`directory.identifiers.address`), patient INS matricule, operator
+  domain, delegation ``account|mailbox``.
+- A mailbox's address and BAL type never change once created; backends refuse
+  such a change with :class:`~directory.errors.ImmutableFieldError`.
+- Only a qualified INS has a mailbox, and its address is
+  ``<matricule>@patient.<domain>``.
+- :func:`to_record` / :func:`from_record` convert to and from JSON-compatible
+  dicts; both backends and the JSON export use them, so a round trip through
+  any of them gives back an equal entry.
+
+Pure module: no I/O, no clock (times are passed in).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import enum
+import functools
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Final, TypeAlias
+
+from directory import identifiers as ids
+from directory.errors import InvalidFieldError
+
+if typing.TYPE_CHECKING:
+    from collections.abc import Mapping
+
+
+class Status(enum.StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    REVOKED = "revoked"
+
+
+class BalType(enum.StrEnum):
+    """MSSanté mailbox (BAL) types."""
+
+    PER = "PER"  # personal mailbox of a practitioner
+    ORG = "ORG"  # organisational mailbox (a service, a secretariat)
+    APP = "APP"  # applicative mailbox (software sending on behalf of an organisation)
+    CAB = "CAB"  # shared mailbox of a practice (cabinet)
+
+
+class OwnerKind(enum.StrEnum):
+    PRACTITIONER = "practitioner"
+    ORGANISATION = "organisation"
+
+
+class Sex(enum.StrEnum):
+    """INS sex trait."""
+
+    M = "M"
+    F = "F"
+    I = "I"  # noqa: E741 - the INS code for "indéterminé"
+
+
+class CertificateUsage(enum.StrEnum):
+    SIGNATURE = "signature"
+    ENCRYPTION = "encryption"
+    AUTHENTICATION = "authentication"
+
+
+class ProxyScope(enum.StrEnum):
+    READ = "read"
+    READ_REPLY = "read-reply"
+
+
+class DelegationScope(enum.StrEnum):
+    READ = "read"
+    READ_SEND = "read-send"
+
+
+class CareKind(enum.StrEnum):
+    WROTE_FIRST = "wrote-first"  # the professional wrote to the patient first
+    DISPENSED = "dispensed"  # a pharmacy that dispensed to the patient
+    TREATING = "treating"  # the patient's declared treating doctor
+
+
+class Kind(enum.StrEnum):
+    PRACTITIONER = "practitioner"
+    ORGANISATION = "organisation"
+    MAILBOX = "mailbox"
+    PATIENT = "patient"
+    DELEGATION = "delegation"
+    OPERATOR = "operator"
+
+
+SOURCE_MANUAL: Final = "manual"
+SOURCE_MSSANTE: Final = "mssante"
+SOURCE_RPPS: Final = "rpps"
+SOURCE_WHITELIST: Final = "whitelist"
+PATIENT_SUBDOMAIN: Final = "patient."
+
+_FROZEN = {"frozen": True, "slots": True, "kw_only": True}
+
+
+def _require(field_name: str, value: str) -> None:
+    if not value.strip():
+        raise InvalidFieldError(field_name, value, "must not be empty")
+
+
+def _check_aware(field_name: str, value: datetime | None) -> None:
+    if value is not None and value.tzinfo is None:
+        raise InvalidFieldError(field_name, value.isoformat(), "must carry a time zone")
+
+
+@dataclass(**_FROZEN)
+class Activity:
+    """One practice site of a practitioner (a row of the RPPS extraction)."""
+
+    structure_id: str = ""  # idNatStruct of the site, when it has one
+    structure_name: str = ""
+    mode: str = ""  # L libéral, S salarié, B bénévole
+    role: str = ""  # FON-01 ... role code
+
+
+@dataclass(**_FROZEN)
+class Practitioner:
+    national_id: str  # 8 + RPPS, or 0 + ADELI
+    last_name: str
+    first_name: str = ""
+    civility: str = ""
+    profession_code: str = ""
+    profession: str = ""
+    specialty_code: str = ""
+    specialty: str = ""
+    activities: tuple[Activity, ...] = ()
+    status: Status = Status.ACTIVE
+    source: str = SOURCE_MANUAL
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "national_id", ids.national_practitioner_id(self.national_id)
+        )
+        _require("last_name", self.last_name)
+
+    @property
+    def rpps(self) -> str | None:
+        return self.national_id[1:] if self.national_id.startswith("8") else None
+
+
+@dataclass(**_FROZEN)
+class Organisation:
+    structure_id: str  # 1 + FINESS, or 3 + SIRET
+    name: str
+    trade_name: str = ""
+    status: Status = Status.ACTIVE
+    source: str = SOURCE_MANUAL
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "structure_id", ids.national_structure_id(self.structure_id)
+        )
+        _require("name", self.name)
+
+    @property
+    def finess(self) -> str | None:
+        return self.structure_id[1:] if self.structure_id.startswith("1") else None
+
+    @property
+    def siret(self) -> str | None:
+        return self.structure_id[1:] if self.structure_id.startswith("3") else None
+
+
+@dataclass(**_FROZEN)
+class Certificate:
+    """A certificate attached to a mailbox, kept as DER with what lookups need."""
+
+    usage: CertificateUsage
+    der: bytes
+    subject: str = ""
+    issuer: str = ""
+    serial: str = ""
+    not_after: datetime | None = None
+    email: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.der:
+            raise InvalidFieldError("certificate", "", "empty certificate")
+        _check_aware("not_after", self.not_after)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the DER encoding, lower-case hex (the lookup key)."""
+        return hashlib.sha256(self.der).hexdigest()
+
+
+@dataclass(**_FROZEN)
+class Mailbox:
+    """An MSSanté mailbox (BAL) of a professional or an organisation."""
+
+    address: str
+    bal_type: BalType
+    owner_kind: OwnerKind
+    owner_id: str  # national_id of the practitioner or structure_id of the organisation
+    display_name: str = ""
+    structure_id: str = ""  # organisation the mailbox belongs to (PER: the site)
+    service: str = ""
+    profession: str = ""
+    published: bool = (
+        True  # False: unlisted ("liste rouge"), readable by the relay only
+    )
+    certificates: tuple[Certificate, ...] = ()
+    pgp_key: str = ""  # ASCII-armoured OpenPGP public key
+    prefers_pgp: bool = False
+    status: Status = Status.ACTIVE
+    source: str = SOURCE_MANUAL
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", ids.address(self.address))
+        object.__setattr__(self, "bal_type", BalType(self.bal_type))
+        if self.owner_kind is OwnerKind.PRACTITIONER:
+            owner = ids.national_practitioner_id(self.owner_id, "owner_id")
+        else:
+            owner = ids.national_structure_id(self.owner_id, "owner_id")
+        object.__setattr__(self, "owner_id", owner)
+        if self.structure_id:
+            object.__setattr__(
+                self,
+                "structure_id",
+                ids.national_structure_id(self.structure_id, "structure_id"),
+            )
+        if (
+            self.bal_type is BalType.PER
+            and self.owner_kind is not OwnerKind.PRACTITIONER
+        ):
+            raise InvalidFieldError(
+                "owner_kind",
+                str(self.owner_kind),
+                "a PER mailbox belongs to a practitioner",
+            )
+        if (
+            self.bal_type in (BalType.ORG, BalType.APP)
+            and self.owner_kind is not OwnerKind.ORGANISATION
+        ):
+            raise InvalidFieldError(
+                "owner_kind",
+                str(self.owner_kind),
+                f"a {self.bal_type} mailbox belongs to an organisation",
+            )
+        if self.prefers_pgp and not self.pgp_key:
+            raise InvalidFieldError("prefers_pgp", True, "needs an OpenPGP key")
+
+    @property
+    def domain(self) -> str:
+        return ids.address_domain(self.address)
+
+
+@dataclass(**_FROZEN)
+class ProxyGrant:
+    """A caregiver or legal representative allowed to use a patient's mailbox."""
+
+    account: str
+    scope: ProxyScope
+    granted_at: datetime
+    expires: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _require("account", self.account)
+        _check_aware("granted_at", self.granted_at)
+        _check_aware("expires", self.expires)
+
+    def active_at(self, now: datetime) -> bool:
+        return self.expires is None or now < self.expires
+
+
+@dataclass(**_FROZEN)
+class CareRelationship:
+    """A professional or organisation the patient may write to first."""
+
+    party: str  # mailbox address, national practitioner id or structure id
+    kind: CareKind
+    since: datetime
+
+    def __post_init__(self) -> None:
+        _require("party", self.party)
+        _check_aware("since", self.since)
+
+
+@dataclass(**_FROZEN)
+class Patient:
+    ins: str  # INS matricule
+    ins_oid: str
+    birth_name: str
+    first_names: str  # the first names of the INS, space-separated, in civil order
+    sex: Sex
+    birth_date: date
+    birth_place: str  # INSEE code of the birth commune (99xxx abroad)
+    qualified: bool = False
+    address: str | None = None
+    opted_out: bool = False
+    blocked_senders: tuple[str, ...] = ()
+    care_relationships: tuple[CareRelationship, ...] = ()
+    proxies: tuple[ProxyGrant, ...] = ()
+    status: Status = Status.ACTIVE
+    source: str = SOURCE_MANUAL
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ins", ids.ins(self.ins))
+        # The production check is the caller's (it knows the mode): see
+        # directory.identifiers.ins_oid(production=True).
+        object.__setattr__(self, "ins_oid", ids.ins_oid(self.ins_oid, production=False))
+        _require("birth_name", self.birth_name)
+        _require("first_names", self.first_names)
+        if len(self.birth_place) != 5:
+            raise InvalidFieldError(
+                "birth_place", self.birth_place, "must be a 5-character INSEE code"
+            )
+        object.__setattr__(self, "sex", Sex(self.sex))
+        if self.address is not None:
+            canonical = ids.address(self.address)
+            local, _, domain = canonical.partition("@")
+            if not self.qualified:
+                raise InvalidFieldError(
+                    "address", self.address, "only a qualified INS gets a mailbox"
+                )
+            if local != self.ins or not domain.startswith(PATIENT_SUBDOMAIN):
+                raise InvalidFieldError(
+                    "address", self.address, "must be <INS matricule>@patient.<domain>"
+                )
+            object.__setattr__(self, "address", canonical)
+        object.__setattr__(
+            self, "blocked_senders", tuple(sorted(set(self.blocked_senders)))
+        )
+
+
+@dataclass(**_FROZEN)
+class Delegation:
+    """A staff account (no RPPS) allowed to use a mailbox."""
+
+    account: str
+    mailbox: str
+    scope: DelegationScope
+    granted_by: str = ""
+    expires: datetime | None = None
+    status: Status = Status.ACTIVE
+    source: str = SOURCE_MANUAL
+
+    def __post_init__(self) -> None:
+        _require("account", self.account)
+        if "|" in self.account:
+            raise InvalidFieldError("account", self.account, "must not contain '|'")
+        object.__setattr__(self, "mailbox", ids.address(self.mailbox, "mailbox"))
+        _check_aware("expires", self.expires)
+
+    @property
+    def key(self) -> str:
+        return f"{self.account}|{self.mailbox}"
+
+    def active_at(self, now: datetime) -> bool:
+        return self.status is Status.ACTIVE and (
+            self.expires is None or now < self.expires
+        )
+
+
+@dataclass(**_FROZEN)
+class OperatorCertificate:
+    """A TLS certificate an operator may present for its domain."""
+
+    subject_dn: str
+    issuer_dn: str = ""
+    fingerprint: str = ""  # SHA-256 hex, when pinned
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "subject_dn", ids.distinguished_name(self.subject_dn, "subject_dn")
+        )
+        if self.issuer_dn:
+            object.__setattr__(
+                self, "issuer_dn", ids.distinguished_name(self.issuer_dn, "issuer_dn")
+            )
+        if self.fingerprint:
+            object.__setattr__(
+                self, "fingerprint", ids.sha256_fingerprint(self.fingerprint)
+            )
+
+
+@dataclass(**_FROZEN)
+class Operator:
+    """An MSSanté operator's domain and the certificates allowed for it."""
+
+    domain: str
+    certificates: tuple[OperatorCertificate, ...] = ()
+    description: str = ""
+    contacts: tuple[str, ...] = ()
+    updated: date | None = None
+    status: Status = Status.ACTIVE
+    source: str = SOURCE_MANUAL
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "domain", ids.domain(self.domain))
+        unique = {
+            c.subject_dn + "\0" + c.issuer_dn + "\0" + c.fingerprint: c
+            for c in self.certificates
+        }
+        object.__setattr__(
+            self, "certificates", tuple(unique[k] for k in sorted(unique))
+        )
+
+    def allows(self, subject_dn: str) -> bool:
+        dn = ids.distinguished_name(subject_dn)
+        return self.status is Status.ACTIVE and any(
+            c.subject_dn == dn for c in self.certificates
+        )
+
+
+Entry: TypeAlias = (
+    Practitioner | Organisation | Mailbox | Patient | Delegation | Operator
+)
+
+KIND_OF: Final[Mapping[type[Any], Kind]] = {
+    Practitioner: Kind.PRACTITIONER,
+    Organisation: Kind.ORGANISATION,
+    Mailbox: Kind.MAILBOX,
+    Patient: Kind.PATIENT,
+    Delegation: Kind.DELEGATION,
+    Operator: Kind.OPERATOR,
+}
+CLASS_OF: Final[Mapping[Kind, type[Any]]] = {v: k for k, v in KIND_OF.items()}
+
+
+def kind_of(entry: Entry) -> Kind:
+    return KIND_OF[type(entry)]
+
+
+def key_of(entry: Entry) -> str:
+    """The primary key of an entry (see the module docstring)."""
+    match entry:
+        case Practitioner():
+            return entry.national_id
+        case Organisation():
+            return entry.structure_id
+        case Mailbox():
+            return entry.address
+        case Patient():
+            return entry.ins
+        case Delegation():
+            return entry.key
+        case Operator():
+            return entry.domain
+
+
+def canonical_key(kind: Kind, key: str) -> str:
+    """Normalise a user-given key the way entries normalise theirs."""
+    match kind:
+        case Kind.PRACTITIONER:
+            return ids.national_practitioner_id(key, "national_id")
+        case Kind.ORGANISATION:
+            return ids.national_structure_id(key)
+        case Kind.MAILBOX:
+            return ids.address(key)
+        case Kind.PATIENT:
+            return ids.ins(key)
+        case Kind.OPERATOR:
+            return ids.domain(key)
+        case Kind.DELEGATION:
+            account, sep, mailbox = key.rpartition("|")
+            if not sep or not account:
+                raise InvalidFieldError("delegation", key, "must be account|mailbox")
+            return f"{account}|{ids.address(mailbox, 'mailbox')}"
+
+
+# --- JSON records -----------------------------------------------------------
+
+JSON: TypeAlias = Any
+
+
+@functools.cache
+def _hints(cls: type[Any]) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _encode(value: Any) -> JSON:  # noqa: ANN401 - generic codec
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, tuple):
+        return [_encode(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)
+        }
+    return value
+
+
+def _decode(tp: Any, value: JSON) -> Any:  # noqa: ANN401 - generic codec
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _decode(inner, value)
+    if origin is tuple:
+        inner = typing.get_args(tp)[0]
+        return tuple(_decode(inner, v) for v in value)
+    if isinstance(tp, type):
+        if issubclass(tp, enum.Enum):
+            return tp(value)
+        if tp is datetime:
+            return datetime.fromisoformat(value)
+        if tp is date:
+            return date.fromisoformat(value)
+        if tp is bytes:
+            return base64.b64decode(value)
+        if dataclasses.is_dataclass(tp):
+            hints = _hints(tp)
+            return tp(
+                **{k: _decode(hints[k], v) for k, v in value.items() if k in hints}
+            )
+    return value
+
+
+def to_record(entry: Entry) -> dict[str, JSON]:
+    """A JSON-compatible dict of every field, plus ``kind``."""
+    record: dict[str, JSON] = {"kind": kind_of(entry).value}
+    record.update(_encode(entry))
+    return record
+
+
+def from_record(record: Mapping[str, JSON], kind: Kind | None = None) -> Entry:
+    """Rebuild an entry from :func:`to_record`'s output (validates it again)."""
+    k = kind if kind is not None else Kind(record["kind"])
+    cls = CLASS_OF[k]
+    entry: Entry = _decode(cls, {n: v for n, v in record.items() if n != "kind"})
+    return entry
+
+
+def content_digest(entry: Entry) -> str:
+    """Digest of the content an import compares: every field but status and source."""
+    record = to_record(entry)
+    record.pop("status", None)
+    record.pop("source", None)
+    blob = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+
+
+def with_status(entry: Entry, status: Status) -> Entry:
+    return dataclasses.replace(entry, status=status)

@@ -1,0 +1,541 @@
+"""Embedded SQLite backend of the trust directory (the zero-setup default).
+
+Storage layout (one file, ``directory.sqlite3`` in the data directory):
+
+- ``entries``: one row per entry, ``(kind, key)`` primary key, the entry as a
+  JSON record (:func:`directory.model.to_record`), its content digest, status,
+  who set the status, source and last import run, and derived columns that
+  lookups use: ``addr`` (mailbox or patient address), ``owner`` (mailbox owner,
+  delegation account), ``ref`` (delegation mailbox), ``search`` (lower-cased
+  text for substring search). Each derived column has an index.
+- ``certs``: certificate fingerprint -> mailbox address.
+- ``operator_dns``: normalised subject DN -> operator domain.
+- ``meta``: small named values.
+
+Concurrency: one worker thread owns the connection; every call runs there in
+order (the connection is never shared between threads). WAL mode, so that a
+second process (the CLI while the relay runs) can read while one writes.
+A write is one transaction; a failed batch leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import sqlite3
+from typing import TYPE_CHECKING, Final, TypeVar
+
+from directory import identifiers as ids
+from directory.errors import (
+    DirectoryUnavailableError,
+    EntryExistsError,
+    EntryNotFoundError,
+    ImmutableFieldError,
+)
+from directory.model import (
+    Delegation,
+    Entry,
+    Kind,
+    Mailbox,
+    Operator,
+    Organisation,
+    Patient,
+    Practitioner,
+    Status,
+    canonical_key,
+    content_digest,
+    from_record,
+    key_of,
+    kind_of,
+    to_record,
+    with_status,
+)
+from directory.protocol import (
+    BatchCounts,
+    ImportRun,
+    Merge,
+    StatusOrigin,
+    StoredState,
+    plan_batch,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+    from pathlib import Path
+
+T = TypeVar("T")
+
+DEFAULT_FILENAME: Final = "directory.sqlite3"
+# SQLite's default SQLITE_MAX_VARIABLE_NUMBER is 32766 since 3.32; stay well under.
+_IN_CHUNK: Final = 900
+# Rows fetched per round trip when streaming a whole kind (export).
+_STREAM_CHUNK: Final = 2000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    data TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    status TEXT NOT NULL,
+    status_origin TEXT NOT NULL,
+    source TEXT NOT NULL,
+    last_run TEXT NOT NULL DEFAULT '',
+    addr TEXT,
+    owner TEXT,
+    ref TEXT,
+    search TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entries_addr ON entries(addr) WHERE addr IS NOT NULL;
+CREATE INDEX IF NOT EXISTS entries_owner ON entries(kind, owner) WHERE owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS entries_ref ON entries(kind, ref) WHERE ref IS NOT NULL;
+CREATE INDEX IF NOT EXISTS entries_source ON entries(kind, source, last_run);
+CREATE TABLE IF NOT EXISTS certs (
+    fingerprint TEXT PRIMARY KEY,
+    address TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS operator_dns (
+    dn TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    PRIMARY KEY (dn, domain)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+_Row = tuple[
+    str, str, str, str, str, str, str, str, str | None, str | None, str | None, str
+]
+
+
+def _derived(entry: Entry) -> tuple[str | None, str | None, str | None, str]:
+    """(addr, owner, ref, search) columns of an entry."""
+    match entry:
+        case Mailbox():
+            words = [entry.address, entry.display_name, entry.service, entry.owner_id]
+            return entry.address, entry.owner_id, None, " ".join(words).lower()
+        case Patient():
+            words = [
+                entry.ins,
+                entry.birth_name,
+                entry.first_names,
+                entry.address or "",
+            ]
+            return entry.address, None, None, " ".join(words).lower()
+        case Practitioner():
+            words = [
+                entry.national_id,
+                entry.last_name,
+                entry.first_name,
+                entry.profession,
+            ]
+            return None, None, None, " ".join(words).lower()
+        case Organisation():
+            words = [entry.structure_id, entry.name, entry.trade_name]
+            return None, None, None, " ".join(words).lower()
+        case Delegation():
+            return None, entry.account, entry.mailbox, entry.key.lower()
+        case Operator():
+            return None, None, None, " ".join([entry.domain, entry.description]).lower()
+
+
+def _dump(entry: Entry) -> str:
+    return json.dumps(to_record(entry), ensure_ascii=False, separators=(",", ":"))
+
+
+def _load(kind: Kind, data: str) -> Entry:
+    return from_record(json.loads(data), kind)
+
+
+class SqliteDirectory:
+    """The :class:`~directory.protocol.Directory` on one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="directory-sqlite"
+        )
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteDirectory:
+        """Open (creating if needed) the directory file at ``path``."""
+        directory = cls(path)
+        await directory._run(directory._connect)
+        return directory
+
+    def _connect(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.executescript(_SCHEMA)
+        self._conn = conn
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise DirectoryUnavailableError("directory is closed")
+        return self._conn
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise DirectoryUnavailableError(f"sqlite: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._run(self._close)
+        self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # --- lookups ---------------------------------------------------------
+
+    def _get(self, kind: Kind, key: str) -> Entry | None:
+        row = self._db.execute(
+            "SELECT data FROM entries WHERE kind=? AND key=?", (kind.value, key)
+        ).fetchone()
+        return None if row is None else _load(kind, row[0])
+
+    async def get(self, kind: Kind, key: str) -> Entry | None:
+        return await self._run(self._get, kind, canonical_key(kind, key))
+
+    async def practitioner(self, national_id_or_rpps: str) -> Practitioner | None:
+        entry = await self.get(Kind.PRACTITIONER, national_id_or_rpps)
+        assert entry is None or isinstance(entry, Practitioner)  # noqa: S101 - kind invariant
+        return entry
+
+    async def organisation(self, structure_id: str) -> Organisation | None:
+        entry = await self.get(Kind.ORGANISATION, structure_id)
+        assert entry is None or isinstance(entry, Organisation)  # noqa: S101
+        return entry
+
+    async def mailbox(self, address: str) -> Mailbox | None:
+        entry = await self.get(Kind.MAILBOX, address)
+        assert entry is None or isinstance(entry, Mailbox)  # noqa: S101
+        return entry
+
+    async def patient(self, ins: str) -> Patient | None:
+        entry = await self.get(Kind.PATIENT, ins)
+        assert entry is None or isinstance(entry, Patient)  # noqa: S101
+        return entry
+
+    async def operator(self, domain: str) -> Operator | None:
+        entry = await self.get(Kind.OPERATOR, domain)
+        assert entry is None or isinstance(entry, Operator)  # noqa: S101
+        return entry
+
+    def _resolve(self, address: str) -> Mailbox | Patient | None:
+        row = self._db.execute(
+            "SELECT kind, data FROM entries WHERE addr=? AND kind IN ('mailbox','patient')",
+            (address,),
+        ).fetchone()
+        if row is None:
+            return None
+        entry = _load(Kind(row[0]), row[1])
+        assert isinstance(entry, Mailbox | Patient)  # noqa: S101
+        return entry
+
+    async def resolve(self, address: str) -> Mailbox | Patient | None:
+        return await self._run(self._resolve, ids.address(address))
+
+    def _select(self, sql: str, args: Sequence[object]) -> list[Entry]:
+        return [_load(Kind(k), d) for k, d in self._db.execute(sql, args)]
+
+    async def operators_for_certificate(self, subject_dn: str) -> list[Operator]:
+        dn = ids.distinguished_name(subject_dn, "subject_dn")
+        found = await self._run(
+            self._select,
+            "SELECT e.kind, e.data FROM operator_dns d JOIN entries e"
+            " ON e.kind='operator' AND e.key=d.domain WHERE d.dn=? ORDER BY e.key",
+            (dn,),
+        )
+        return [e for e in found if isinstance(e, Operator)]
+
+    async def mailbox_for_certificate(self, fingerprint: str) -> Mailbox | None:
+        fp = ids.sha256_fingerprint(fingerprint)
+        found = await self._run(
+            self._select,
+            "SELECT e.kind, e.data FROM certs c JOIN entries e"
+            " ON e.kind='mailbox' AND e.key=c.address WHERE c.fingerprint=?",
+            (fp,),
+        )
+        return next((e for e in found if isinstance(e, Mailbox)), None)
+
+    async def mailboxes_of(self, owner_id: str) -> list[Mailbox]:
+        owner = owner_id.strip().upper()
+        found = await self._run(
+            self._select,
+            "SELECT kind, data FROM entries WHERE kind='mailbox' AND owner=? ORDER BY key",
+            (owner,),
+        )
+        return [e for e in found if isinstance(e, Mailbox)]
+
+    async def delegations(
+        self, *, account: str | None = None, mailbox: str | None = None
+    ) -> list[Delegation]:
+        sql = "SELECT kind, data FROM entries WHERE kind='delegation'"
+        args: list[object] = []
+        if account is not None:
+            sql += " AND owner=?"
+            args.append(account)
+        if mailbox is not None:
+            sql += " AND ref=?"
+            args.append(ids.address(mailbox, "mailbox"))
+        found = await self._run(self._select, sql + " ORDER BY key", args)
+        return [e for e in found if isinstance(e, Delegation)]
+
+    async def search(
+        self, text: str, *, kind: Kind | None = None, limit: int = 50
+    ) -> list[Entry]:
+        pattern = (
+            "%"
+            + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            + "%"
+        )
+        sql = "SELECT kind, data FROM entries WHERE search LIKE ? ESCAPE '\\'"
+        args: list[object] = [pattern]
+        if kind is not None:
+            sql += " AND kind=?"
+            args.append(kind.value)
+        sql += " ORDER BY kind, key LIMIT ?"
+        args.append(limit)
+        return await self._run(self._select, sql, args)
+
+    def _page(self, kind: Kind, after: str) -> list[tuple[str, str]]:
+        return self._db.execute(
+            "SELECT key, data FROM entries WHERE kind=? AND key>? ORDER BY key LIMIT ?",
+            (kind.value, after, _STREAM_CHUNK),
+        ).fetchall()
+
+    async def entries(self, kind: Kind) -> AsyncIterator[Entry]:
+        after = ""
+        while page := await self._run(self._page, kind, after):
+            for _, data in page:
+                yield _load(kind, data)
+            after = page[-1][0]
+
+    def _count(self, kind: Kind) -> int:
+        (n,) = self._db.execute(
+            "SELECT count(*) FROM entries WHERE kind=?", (kind.value,)
+        ).fetchone()
+        return int(n)
+
+    async def count(self, kind: Kind) -> int:
+        return await self._run(self._count, kind)
+
+    # --- changes ---------------------------------------------------------
+
+    def _row(
+        self, entry: Entry, digest: str, origin: StatusOrigin, last_run: str
+    ) -> _Row:
+        addr, owner, ref, search = _derived(entry)
+        return (
+            kind_of(entry).value,
+            key_of(entry),
+            _dump(entry),
+            digest,
+            entry.status.value,
+            origin.value,
+            entry.source,
+            last_run,
+            addr,
+            owner,
+            ref,
+            search,
+        )
+
+    def _write_rows(
+        self, db: sqlite3.Connection, entries: Sequence[Entry], rows: Sequence[_Row]
+    ) -> None:
+        db.executemany(
+            "INSERT OR REPLACE INTO entries (kind, key, data, digest, status, status_origin,"
+            " source, last_run, addr, owner, ref, search) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            rows,
+        )
+        self._index_side_tables(db, entries)
+
+    def _index_side_tables(
+        self, db: sqlite3.Connection, entries: Sequence[Entry]
+    ) -> None:
+        mailboxes = [e for e in entries if isinstance(e, Mailbox)]
+        operators = [e for e in entries if isinstance(e, Operator)]
+        if mailboxes:
+            db.executemany(
+                "DELETE FROM certs WHERE address=?", [(m.address,) for m in mailboxes]
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO certs (fingerprint, address) VALUES (?,?)",
+                [(c.fingerprint, m.address) for m in mailboxes for c in m.certificates],
+            )
+        if operators:
+            db.executemany(
+                "DELETE FROM operator_dns WHERE domain=?",
+                [(o.domain,) for o in operators],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO operator_dns (dn, domain) VALUES (?,?)",
+                [(c.subject_dn, o.domain) for o in operators for c in o.certificates],
+            )
+
+    def _add(self, entry: Entry) -> None:
+        kind, key = kind_of(entry), key_of(entry)
+        with self._transaction() as db:
+            if self._get(kind, key) is not None:
+                raise EntryExistsError(kind.value, key)
+            row = self._row(entry, content_digest(entry), StatusOrigin.ADMIN, "")
+            self._write_rows(db, [entry], [row])
+
+    async def add(self, entry: Entry) -> None:
+        await self._run(self._add, entry)
+
+    def _replace(self, entry: Entry, origin: StatusOrigin | None) -> None:
+        kind, key = kind_of(entry), key_of(entry)
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT data, status_origin, last_run FROM entries WHERE kind=? AND key=?",
+                (kind.value, key),
+            ).fetchone()
+            if row is None:
+                raise EntryNotFoundError(kind.value, key)
+            old = _load(kind, row[0])
+            if (
+                isinstance(old, Mailbox)
+                and isinstance(entry, Mailbox)
+                and old.bal_type != entry.bal_type
+            ):
+                raise ImmutableFieldError(kind.value, key, "bal_type")
+            new_origin = origin or StatusOrigin(row[1])
+            self._write_rows(
+                db,
+                [entry],
+                [self._row(entry, content_digest(entry), new_origin, row[2])],
+            )
+
+    async def replace(self, entry: Entry) -> None:
+        await self._run(self._replace, entry, None)
+
+    async def set_status(self, kind: Kind, key: str, status: Status) -> Entry:
+        canonical = canonical_key(kind, key)
+        entry = await self.get(kind, canonical)
+        if entry is None:
+            raise EntryNotFoundError(kind.value, canonical)
+        updated = with_status(entry, status)
+        await self._run(self._replace, updated, StatusOrigin.ADMIN)
+        return updated
+
+    # --- imports ---------------------------------------------------------
+
+    def _states(
+        self, kind: Kind, keys: Sequence[str], run_id: str, want_entry: bool
+    ) -> dict[str, StoredState]:
+        states: dict[str, StoredState] = {}
+        for i in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[i : i + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            sql = (
+                "SELECT key, digest, status, status_origin, last_run,"
+                " CASE WHEN last_run=? THEN data END"
+                f" FROM entries WHERE kind=? AND key IN ({marks})"
+            )
+            for key, digest, status, origin, last_run, data in self._db.execute(
+                sql, (run_id, kind.value, *chunk)
+            ):
+                entry = _load(kind, data) if (want_entry and data is not None) else None
+                states[key] = StoredState(
+                    digest, Status(status), StatusOrigin(origin), last_run, entry
+                )
+        return states
+
+    def _import_batch(
+        self, entries: Sequence[Entry], run: ImportRun, merge: Merge | None
+    ) -> BatchCounts:
+        if not entries:
+            return BatchCounts()
+        kind = kind_of(entries[0])
+        with self._transaction() as db:
+            keys = list({key_of(e) for e in entries})
+            plan = plan_batch(
+                entries,
+                self._states(kind, keys, run.run_id, merge is not None),
+                run.run_id,
+                merge,
+            )
+            self._write_rows(
+                db,
+                [w.entry for w in plan.writes],
+                [
+                    self._row(w.entry, w.digest, w.status_origin, run.run_id)
+                    for w in plan.writes
+                ],
+            )
+            db.executemany(
+                "UPDATE entries SET last_run=? WHERE kind=? AND key=?",
+                [(run.run_id, kind.value, k) for k in plan.touch],
+            )
+        return plan.counts
+
+    async def import_batch(
+        self, entries: Sequence[Entry], run: ImportRun, merge: Merge | None = None
+    ) -> BatchCounts:
+        return await self._run(self._import_batch, entries, run, merge)
+
+    def _suspend_absent(self, kind: Kind, run: ImportRun) -> list[str]:
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT key, data FROM entries WHERE kind=? AND source=? AND last_run<>?"
+                " AND status='active'",
+                (kind.value, run.source, run.run_id),
+            ).fetchall()
+            suspended = [
+                with_status(_load(kind, data), Status.SUSPENDED) for _, data in rows
+            ]
+            db.executemany(
+                "UPDATE entries SET data=?, status='suspended', status_origin='import'"
+                " WHERE kind=? AND key=?",
+                [(_dump(e), kind.value, key_of(e)) for e in suspended],
+            )
+        return [key_of(e) for e in suspended]
+
+    async def suspend_absent(self, kind: Kind, run: ImportRun) -> list[str]:
+        return await self._run(self._suspend_absent, kind, run)
+
+    def _get_meta(self, name: str) -> str | None:
+        row = self._db.execute(
+            "SELECT value FROM meta WHERE name=?", (name,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    async def get_meta(self, name: str) -> str | None:
+        return await self._run(self._get_meta, name)
+
+    def _set_meta(self, name: str, value: str) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta (name, value) VALUES (?,?)", (name, value)
+        )
+
+    async def set_meta(self, name: str, value: str) -> None:
+        await self._run(self._set_meta, name, value)
