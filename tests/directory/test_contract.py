@@ -364,15 +364,15 @@ async def test_import_keeps_status_set_by_admin(directory: Directory) -> None:
 
 
 async def test_import_batch_is_atomic(directory: Directory) -> None:
-    class Boom(Exception):
+    class BoomError(Exception):
         pass
 
     def explode(a: Entry, b: Entry) -> Entry:
-        raise Boom
+        raise BoomError
 
     p = dataclasses.replace(samples.practitioner(), source="rpps")
     q = dataclasses.replace(samples.practitioner(samples.RPPS_2), source="rpps")
-    with pytest.raises(Boom):
+    with pytest.raises(BoomError):
         await directory.import_batch([q, p, p], ImportRun("rpps", "r1"), explode)
     assert await directory.count(Kind.PRACTITIONER) == 0
 
