@@ -1,0 +1,90 @@
+"""Export of the whole directory (or some kinds) as JSON or LDIF.
+
+Both stream: entries are read from the backend in pages and written as they
+come, so an export of the full national volumes runs in bounded memory.
+
+- JSON: one array of records (:func:`directory.model.to_record`), which
+  ``mssante directory`` can read back and which round-trips to equal entries.
+- LDIF (RFC 2849): the entries as the LDAP backend stores them
+  (:mod:`directory.ldap_mapping`), loadable with ``ldapadd``/``slapadd`` into a
+  slapd that has our schema.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import IO, TYPE_CHECKING
+
+from directory.model import to_record
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from directory.model import Kind
+    from directory.protocol import Directory
+
+
+async def export_json(directory: Directory, out: IO[str], kinds: Iterable[Kind]) -> int:
+    """Write a JSON array of every entry of ``kinds``; returns the count."""
+    n = 0
+    out.write("[")
+    for kind in kinds:
+        async for entry in directory.entries(kind):
+            out.write(",\n" if n else "\n")
+            out.write(json.dumps(to_record(entry), ensure_ascii=False, sort_keys=True))
+            n += 1
+    out.write("\n]\n" if n else "]\n")
+    return n
+
+
+def _ldif_value(name: str, value: str | bytes) -> str:
+    """One ``attr: value`` line, base64 (``attr:: ...``) when RFC 2849 §4 says so."""
+    raw = value if isinstance(value, bytes) else value.encode("utf-8")
+    safe = (
+        isinstance(value, str)
+        and value.isascii()
+        and value == value.strip()
+        and not value.startswith((":", "<"))
+        and all(32 <= ord(c) < 127 for c in value)
+    )
+    if safe:
+        return f"{name}: {value}"
+    return f"{name}:: {base64.b64encode(raw).decode('ascii')}"
+
+
+def _fold(line: str, width: int = 76) -> str:
+    """RFC 2849 line folding: continuation lines start with one space."""
+    if len(line) <= width:
+        return line
+    parts = [line[:width]]
+    rest = line[width:]
+    while rest:
+        parts.append(" " + rest[: width - 1])
+        rest = rest[width - 1 :]
+    return "\n".join(parts)
+
+
+async def export_ldif(
+    directory: Directory, out: IO[str], kinds: Iterable[Kind], *, base_dn: str
+) -> int:
+    """Write every entry of ``kinds`` as LDIF records; returns the count."""
+    from directory.ldap_mapping import containers, entry_to_ldap
+
+    n = 0
+    out.write("version: 1\n")
+    for dn, attributes in containers(base_dn):
+        out.write(_record(dn, attributes))
+    for kind in kinds:
+        async for entry in directory.entries(kind):
+            dn, attributes = entry_to_ldap(entry, base_dn)
+            out.write(_record(dn, attributes))
+            n += 1
+    return n
+
+
+def _record(dn: str, attributes: dict[str, list[str | bytes]]) -> str:
+    lines = ["", _fold(_ldif_value("dn", dn))]
+    for name, values in attributes.items():
+        lines.extend(_fold(_ldif_value(name, v)) for v in values)
+    return "\n".join(lines) + "\n"
