@@ -40,17 +40,19 @@ async def export_json(directory: Directory, out: IO[str], kinds: Iterable[Kind])
 
 def _ldif_value(name: str, value: str | bytes) -> str:
     """One ``attr: value`` line, base64 (``attr:: ...``) when RFC 2849 §4 says so."""
+    if isinstance(value, str) and _ldif_safe(value):
+        return f"{name}: {value}"
     raw = value if isinstance(value, bytes) else value.encode("utf-8")
-    safe = (
-        isinstance(value, str)
-        and value.isascii()
-        and value == value.strip()
+    return f"{name}:: {base64.b64encode(raw).decode('ascii')}"
+
+
+def _ldif_safe(value: str) -> bool:
+    """RFC 2849 §2 SAFE-STRING: printable ASCII, no leading space, ':' or '<'."""
+    return (
+        value == value.strip()
         and not value.startswith((":", "<"))
         and all(32 <= ord(c) < 127 for c in value)
     )
-    if safe:
-        return f"{name}: {value}"
-    return f"{name}:: {base64.b64encode(raw).decode('ascii')}"
 
 
 def _fold(line: str, width: int = 76) -> str:
