@@ -39,6 +39,7 @@ from directory.errors import (
     InvalidFieldError,
 )
 from directory.export import export_json, export_ldif
+from directory.importers import ImportFileError
 from directory.model import (
     BalType,
     CertificateUsage,
@@ -615,7 +616,13 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
             config=config, directory_config=dir_config, as_json=args.json, out=stream
         )
         return asyncio.run(_run(args, ctx))
-    except (InvalidFieldError, UsageError, ConfigError, ValueError) as exc:
+    except (
+        InvalidFieldError,
+        ImportFileError,
+        UsageError,
+        ConfigError,
+        ValueError,
+    ) as exc:
         return _fail(exc, EXIT_INVALID)
     except (EntryExistsError, EntryNotFoundError, ImmutableFieldError) as exc:
         return _fail(exc, EXIT_REFUSED)

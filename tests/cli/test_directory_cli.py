@@ -374,3 +374,45 @@ def test_console_script_runs_as_a_subprocess(config: Path) -> None:
     )
     assert proc.returncode == EXIT_REFUSED
     assert "no practitioner" in proc.stderr
+
+
+def test_import_bad_extraction_reports_lines_and_keeps_good_rows(config: Path) -> None:
+    bad = (
+        ROOT
+        / "tests"
+        / "data"
+        / "annuaire"
+        / "bad"
+        / "Extraction_Correspondance_MSSante_202611220300.txt"
+    )
+    report = run_json(config, "directory", "import-mssante", str(bad))
+    assert isinstance(report, dict)
+    assert report["rejected"] == 3
+    assert [r["line"] for r in report["rejects"]] == [13, 17, 21]
+    assert report["kinds"]["mailbox"]["added"] == 31
+    status, text = run(config, "directory", "import-mssante", str(bad))
+    assert status == EXIT_OK
+    assert "unchanged 31" in text
+    assert "line 13:" in text
+
+
+def test_import_with_wrong_header_is_invalid_input(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("a|b|c\n1|2|3\n", encoding="utf-8")
+    assert run(config, "directory", "import-rpps", str(wrong))[0] == EXIT_INVALID
+    assert "header" in capsys.readouterr().err.lower()
+
+
+def test_demo_loads_and_is_idempotent(config: Path) -> None:
+    status, text = run(config, "demo")
+    assert status == EXIT_OK, text
+    assert "mailboxes added: 1" in text
+    status, again = run(config, "demo")
+    assert status == EXIT_OK
+    assert "mailboxes added: 0" in again
+    assert "demo entries added: 0" in again
+    found = run_json(config, "directory", "search", "dupont", "--kind", "patient")
+    assert isinstance(found, list)
+    assert len(found) == 1
