@@ -90,9 +90,9 @@ def demo_entries(domain: str) -> list[Entry]:
         ),
         Delegation(
             account="secretariat.cardio",
-            mailbox="chloe.d-almeida.1803@medecin.mssante.fr",
+            mailbox="helene.d-almeida.1870@medecin.mssante.fr",
             scope=DelegationScope.READ_SEND,
-            granted_by="810839291803",
+            granted_by="810009051870",
             source="demo",
         ),
     ]
@@ -125,7 +125,6 @@ async def run_demo(
     directory = await open_directory(directory_config)
     try:
         counts = await load_demo(directory, config.relay.domain)
-        example = await directory.search("d-almeida", limit=1)
     finally:
         await directory.close()
     where = (
@@ -140,7 +139,8 @@ async def run_demo(
         + "".join(f"  {k.replace('_', ' ')}: {v}\n" for k, v in counts.items())
         + "\nBrowse it:\n"
         f"  mssante{conf} directory search moreau\n"
-        f"  mssante{conf} directory show {example[0].address if example and hasattr(example[0], 'address') else 'chloe.d-almeida.1803@medecin.mssante.fr'}\n"
+        f"  mssante{conf} directory show helene.d-almeida.1870@medecin.mssante.fr\n"
+        f"  mssante{conf} directory show 10009051870\n"
         f"  mssante{conf} directory search dupont --kind patient\n"
         f"  mssante{conf} directory export --format json --kind operator\n"
         "\n(The SMTP and IMAP listeners come with the relay; this demo serves the directory.)\n"

@@ -87,7 +87,7 @@ class _Table:
     def path(self, key: str, default: Path | None = None) -> Path:
         raw: str = self._get(key, str, _REQUIRED if default is None else str(default))
         p = Path(raw).expanduser()
-        return p if p.is_absolute() else self._base / p
+        return p if p.is_absolute() else (self._base / p).resolve()
 
     def choice(self, key: str, choices: type[Backend], default: Backend) -> Backend:
         raw = self.text(key, default.value)
