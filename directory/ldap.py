@@ -358,9 +358,14 @@ def _raw(response_entry: Mapping[str, Any]) -> dict[str, list[bytes]]:
     return {name.lower(): values for name, values in raw.items()}
 
 
+def _escape(value: str) -> str:
+    """RFC 4515 §3 escaping, spaces included (ldap3 strips unescaped ones)."""
+    return escape_filter_chars(value).replace(" ", "\\20")
+
+
 def _eq(attr: str, value: str) -> str:
     """An RFC 4515 equality filter with the value escaped."""
-    return f"({attr}={escape_filter_chars(value)})"
+    return f"({attr}={_escape(value)})"
 
 
 def _any_key(keys: Sequence[str]) -> str:
@@ -457,8 +462,7 @@ def bind(config: LdapConfig, *, server: ldap3.Server | None = None) -> ldap3.Con
 
     ``ldap://``: connect, StartTLS (RFC 4513 §3), then bind; ``ldaps://``: TLS
     from the first byte. The password is read from ``bind_password_file`` (a
-    trailing newline is ignored). For this module's pool and for tests that
-    need a raw connection as another identity.
+    trailing newline is ignored). Used by this module's connection pool.
 
     Raises:
         ldap3.core.exceptions.LDAPException, OSError: raw; the directory's
@@ -782,9 +786,7 @@ class LdapDirectory:
     def _text_search(self, text: str, kinds: Sequence[Kind], limit: int) -> list[Entry]:
         needle = text.lower()
         search_filter = (
-            f"(mssSearchText=*{escape_filter_chars(needle)}*)"
-            if needle
-            else "(mssSearchText=*)"
+            f"(mssSearchText=*{_escape(needle)}*)" if needle else "(mssSearchText=*)"
         )
         found: list[Entry] = []
         for kind in kinds:

@@ -349,24 +349,58 @@ class Slapd:
         )
         return env
 
+    def run_tool(
+        self,
+        tool: str,
+        *args: str,
+        stdin: str = "",
+        bind_dn: str | None = None,
+        password_file: Path | None = None,
+        starttls: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run an OpenLDAP client tool (``ldapsearch``, ``ldapmodify``...).
+
+        Binds as the rootdn unless ``bind_dn`` is given (``""``: anonymous);
+        ``starttls=False`` leaves the connection in clear text (to check that
+        the server refuses it). Does not raise on failure: look at
+        ``returncode`` (LDAP result code, e.g. 32 noSuchObject, 50
+        insufficientAccessRights) and ``stderr``.
+        """
+        argv = [_tool(tool), "-x", "-H", self.uri]
+        if starttls:
+            argv.append("-ZZ")
+        if bind_dn is None:
+            bind_dn, password_file = self.root_dn, self.root_password_file
+        if bind_dn:
+            argv += ["-D", bind_dn, "-y", str(password_file)]
+        return subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [*argv, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=self.client_env(),
+            check=False,
+        )
+
     def ldap_tool(self, tool: str, *args: str, stdin: str = "") -> str:
         """Run ``ldapadd``/``ldapmodify``/``ldapsearch``... as the rootdn.
 
         Returns stdout; raises :class:`SlapdError` with stderr on failure.
         """
-        argv = [
-            _tool(tool),
-            "-x",
-            "-ZZ",
-            "-H",
-            self.uri,
-            "-D",
-            self.root_dn,
-            "-y",
-            str(self.root_password_file),
-            *args,
-        ]
-        return _check_run(argv, stdin=stdin, env=self.client_env())
+        done = self.run_tool(tool, *args, stdin=stdin)
+        if done.returncode != 0:
+            msg = f"{tool} failed ({done.returncode}): {(done.stdout + done.stderr)[-4000:]}"
+            raise SlapdError(msg)
+        return done.stdout
+
+    def wipe(self) -> None:
+        """Delete the trust directory's containers and everything in them.
+
+        ``LdapDirectory.open`` recreates the empty containers. For tests that
+        share one server.
+        """
+        dns = [f"ou={name},{self.base_dn}" for name in CONTAINERS]
+        self.run_tool("ldapdelete", "-r", "-c", *dns, f"cn=meta,{self.base_dn}")
 
     def add_ldif(self, text: str) -> None:
         """Add the entries of an LDIF text (as the rootdn)."""

@@ -6,17 +6,20 @@
   access by the ACLs) and an ordinary authenticated reader (``reader_dn``).
   Skipped when slapd is missing, except in CI (``CI`` set), where that fails.
 - ``ldap_config`` / ``ldap_directory`` (function): an ``LdapDirectory`` bound
-  as the relay over StartTLS. After each test every trust-directory entry and
-  meta value is deleted as the rootdn, so each test starts from an empty DIT
-  while slapd itself starts once.
+  as the relay over StartTLS. After each test the containers are deleted as
+  the rootdn (``Slapd.wipe``; the next ``open`` recreates them empty), so
+  each test starts from an empty DIT while slapd itself starts once.
+
+Raw LDAP checks use OpenLDAP's own tools (``SlapdServer.search``), not ldap3:
+ldap3 stays inside ``directory.ldap`` (tests/test_architecture.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import os
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -24,14 +27,8 @@ import pytest
 
 from directory.config import LdapConfig
 from directory.devpki import ServerPki, make_server_pki
-from directory.ldap import LdapDirectory, bind
+from directory.ldap import LdapDirectory
 from directory.slapd import Slapd, slapd_available
-
-# See directory/ldap.py: ldap3 2.9.1 trips a pyasn1 DeprecationWarning on import.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import ldap3
-
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterator
@@ -65,13 +62,59 @@ class SlapdServer:
         fields.update(overrides)
         return LdapConfig(**fields)  # type: ignore[arg-type]
 
-    def root_connection(self) -> ldap3.Connection:
-        """An ldap3 connection bound as the rootdn over StartTLS."""
-        return self.connection(self.slapd.root_dn, self.slapd.root_password_file)
+    def search(
+        self,
+        bind_dn: str,
+        password_file: Path | None,
+        base: str,
+        search_filter: str = "(objectClass=*)",
+        *attributes: str,
+    ) -> dict[str, dict[str, list[str]]]:
+        """What ``bind_dn`` (``""``: anonymous) sees, with ``ldapsearch``.
 
-    def connection(self, dn: str, password_file: Path) -> ldap3.Connection:
-        """An ldap3 connection bound as ``dn``, with the backend's TLS rules."""
-        return bind(self.config(bind_dn=dn, bind_password_file=password_file))
+        A foreign client: OpenLDAP's own tool over StartTLS. Returns
+        {dn: {attribute: [values]}}; an invisible base gives {} (slapd answers
+        noSuchObject rather than disclose it).
+        """
+        done = self.slapd.run_tool(
+            "ldapsearch",
+            "-LLL",
+            "-o",
+            "ldif-wrap=no",
+            "-b",
+            base,
+            search_filter,
+            *(attributes or ("1.1",)),
+            bind_dn=bind_dn,
+            password_file=password_file,
+        )
+        if done.returncode == 32:  # noSuchObject
+            return {}
+        assert done.returncode == 0, done.stderr
+        return parse_ldif(done.stdout)
+
+
+def parse_ldif(text: str) -> dict[str, dict[str, list[str]]]:
+    """Entries of ldapsearch -LLL output (unwrapped, plain or base64 values)."""
+    found: dict[str, dict[str, list[str]]] = {}
+    for block in text.strip().split("\n\n"):
+        attrs: dict[str, list[str]] = {}
+        dn = ""
+        for line in block.splitlines():
+            name, sep, value = line.partition(":")
+            if not sep:
+                continue
+            if value.startswith(":"):
+                value = base64.b64decode(value[1:].strip()).decode("utf-8")
+            else:
+                value = value.strip()
+            if name == "dn":
+                dn = value
+            else:
+                attrs.setdefault(name, []).append(value)
+        if dn:
+            found[dn] = attrs
+    return found
 
 
 def _require_slapd() -> None:
@@ -106,25 +149,6 @@ def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlapdServer]:
         )
 
 
-@pytest.fixture(scope="session")
-def _ldap_root(slapd: SlapdServer) -> Iterator[ldap3.Connection]:
-    conn = slapd.root_connection()
-    yield conn
-    conn.unbind()
-
-
-def _wipe(conn: ldap3.Connection, base_dn: str) -> None:
-    """Delete every trust-directory entry and meta value (as the rootdn)."""
-    conn.search(base_dn, "(objectClass=mssEntry)", attributes=["1.1"])
-    dns = [r["dn"] for r in conn.response or [] if r.get("type") == "searchResEntry"]
-    for dn in dns:
-        conn.delete(dn)  # type: ignore[no-untyped-call]  # untyped in types-ldap3
-    conn.search(base_dn, "(mssMeta=*)", attributes=["1.1"])
-    metas = [r["dn"] for r in conn.response or [] if r.get("type") == "searchResEntry"]
-    for dn in metas:
-        conn.modify(dn, {"mssMeta": [(ldap3.MODIFY_REPLACE, [])]})  # type: ignore[no-untyped-call]
-
-
 @pytest.fixture
 def ldap_config(slapd: SlapdServer) -> LdapConfig:
     return slapd.config()
@@ -144,12 +168,10 @@ def _in_own_loop(coro: Coroutine[Any, Any, T]) -> T:
 
 
 @pytest.fixture
-def ldap_directory(
-    slapd: SlapdServer, _ldap_root: ldap3.Connection
-) -> Iterator[LdapDirectory]:
+def ldap_directory(slapd: SlapdServer) -> Iterator[LdapDirectory]:
     directory = _in_own_loop(LdapDirectory.open(slapd.config()))
     try:
         yield directory
     finally:
         _in_own_loop(directory.close())
-        _wipe(_ldap_root, slapd.slapd.base_dn)
+        slapd.slapd.wipe()
