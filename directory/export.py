@@ -6,7 +6,7 @@ come, so an export of the full national volumes runs in bounded memory.
 - JSON: one array of records (:func:`directory.model.to_record`), which
   ``mssante directory`` can read back and which round-trips to equal entries.
 - LDIF (RFC 2849): the entries as the LDAP backend stores them
-  (:mod:`directory.ldap_mapping`), loadable with ``ldapadd``/``slapadd`` into a
+  (:func:`directory.ldap.entry_record`), loadable with ``ldapadd``/``slapadd`` into a
   slapd that has our schema.
 """
 
@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING
 from directory.model import to_record
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping, Sequence
 
     from directory.model import Kind
     from directory.protocol import Directory
@@ -71,7 +71,7 @@ async def export_ldif(
     directory: Directory, out: IO[str], kinds: Iterable[Kind], *, base_dn: str
 ) -> int:
     """Write every entry of ``kinds`` as LDIF records; returns the count."""
-    from directory.ldap_mapping import containers, entry_to_ldap
+    from directory.ldap import containers, entry_record  # ldap3 only when used
 
     n = 0
     out.write("version: 1\n")
@@ -79,13 +79,13 @@ async def export_ldif(
         out.write(_record(dn, attributes))
     for kind in kinds:
         async for entry in directory.entries(kind):
-            dn, attributes = entry_to_ldap(entry, base_dn)
+            dn, attributes = entry_record(entry, base_dn)
             out.write(_record(dn, attributes))
             n += 1
     return n
 
 
-def _record(dn: str, attributes: dict[str, list[str | bytes]]) -> str:
+def _record(dn: str, attributes: Mapping[str, Sequence[str | bytes]]) -> str:
     lines = ["", _fold(_ldif_value("dn", dn))]
     for name, values in attributes.items():
         lines.extend(_fold(_ldif_value(name, v)) for v in values)

@@ -328,6 +328,30 @@ def encode(entry: Entry) -> dict[str, list[str]]:
     return attrs
 
 
+def entry_dn(kind: Kind, key: str, base_dn: str) -> str:
+    """The DN of an entry of ``kind`` with ``key`` under ``base_dn``."""
+    return f"mssKey={escape_rdn(key)},ou={_CONTAINER[kind]},{base_dn}"
+
+
+def containers(base_dn: str) -> list[tuple[str, dict[str, list[str]]]]:
+    """The container entries (``ou=...``) an export must create first."""
+    return [
+        (f"ou={name},{base_dn}", {"objectClass": ["organizationalUnit"], "ou": [name]})
+        for name in _CONTAINER.values()
+    ]
+
+
+def entry_record(entry: Entry, base_dn: str) -> tuple[str, dict[str, list[str]]]:
+    """An entry as a complete LDAP record (DN, objectClass, attributes), as an
+    admin-made entry: what ``mssante directory export --format ldif`` writes."""
+    kind = kind_of(entry)
+    attrs = {"objectClass": [_OBJECT_CLASS[kind]]}
+    attrs.update({k: v for k, v in encode(entry).items() if v})
+    attrs["mssDigest"] = [content_digest(entry)]
+    attrs["mssStatusOrigin"] = [StatusOrigin.ADMIN.value]
+    return entry_dn(kind, key_of(entry), base_dn), attrs
+
+
 def _first(raw: Mapping[str, list[bytes]], attr: str) -> str | None:
     values = raw.get(attr.lower())
     return values[0].decode("utf-8") if values else None
@@ -414,7 +438,7 @@ def _unavailable_on_failure(what: str) -> Iterator[None]:
 class _VerifiedTls(ldap3.Tls):
     """ldap3's Tls with our own context: CA file, host name check, TLS >= 1.2.
 
-    ldap3 builds its context with ``check_hostname = False`` and checks names
+    ldap3 builds its context without the ssl module's host name check and checks names
     itself; we let the ssl module do both, during the handshake.
     """
 
@@ -609,7 +633,7 @@ class LdapDirectory:
         return f"ou={_CONTAINER[kind]},{self._base}"
 
     def _dn(self, kind: Kind, key: str) -> str:
-        return f"mssKey={escape_rdn(key)},{self._container(kind)}"
+        return entry_dn(kind, key, self._base)
 
     @property
     def _meta_dn(self) -> str:
