@@ -486,9 +486,16 @@ def _hints(cls: type[Any]) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+@functools.cache
+def _field_names(cls: type[Any]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 def _encode(value: Any) -> JSON:  # noqa: ANN401 - generic codec
     if isinstance(value, enum.Enum):
         return value.value
+    if value is None or isinstance(value, str | bool | int):
+        return value
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, bytes):
@@ -497,7 +504,7 @@ def _encode(value: Any) -> JSON:  # noqa: ANN401 - generic codec
         return [_encode(v) for v in value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
-            f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)
+            name: _encode(getattr(value, name)) for name in _field_names(type(value))
         }
     return value
 
