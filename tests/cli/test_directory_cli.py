@@ -198,6 +198,16 @@ def test_patient_gets_mailbox_only_when_qualified(config: Path) -> None:
     assert plain["address"] is None
 
 
+def patient_args(
+    *, oid: str = "1.2.250.1.213.1.4.10", birth_date: str = "1980-01-17"
+) -> list[str]:
+    return [
+        "directory", "add-patient", "--ins", samples.INS_1, "--oid", oid,
+        "--birth-name", "D", "--first-names", "M", "--sex", "F",
+        "--birth-date", birth_date, "--birth-place", "75056",
+    ]  # fmt: skip
+
+
 def test_test_ins_oid_refused_in_production(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -205,52 +215,14 @@ def test_test_ins_oid_refused_in_production(
     path.write_text(
         '[relay]\ndata_dir = "d"\ndomain = "m.example"\n[directory]\nproduction = true\n'
     )
-    status, _ = run(
-        path,
-        "directory",
-        "add-patient",
-        "--ins",
-        samples.INS_1,
-        "--oid",
-        "1.2.250.1.213.1.4.10",
-        "--birth-name",
-        "D",
-        "--first-names",
-        "M",
-        "--sex",
-        "F",
-        "--birth-date",
-        "1980-01-17",
-        "--birth-place",
-        "75056",
-    )
-    assert status == EXIT_INVALID
+    assert run(path, *patient_args())[0] == EXIT_INVALID
     assert "production" in capsys.readouterr().err
 
 
 def test_bad_date_names_the_field(
     config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, _ = run(
-        config,
-        "directory",
-        "add-patient",
-        "--ins",
-        samples.INS_1,
-        "--oid",
-        "1.2.250.1.213.1.4.10",
-        "--birth-name",
-        "D",
-        "--first-names",
-        "M",
-        "--sex",
-        "F",
-        "--birth-date",
-        "17/01/1980",
-        "--birth-place",
-        "75056",
-    )
-    assert status == EXIT_INVALID
+    assert run(config, *patient_args(birth_date="17/01/1980"))[0] == EXIT_INVALID
     assert "birth_date" in capsys.readouterr().err
 
 
