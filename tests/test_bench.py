@@ -1,0 +1,74 @@
+"""Smoke tests of the benchmarks: generators the importers accept, BENCH lines."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bench import __main__ as bench_main
+from bench import directory as bench_directory
+from bench import generate
+from directory.identifiers import luhn_valid
+from directory.importers import import_file
+from directory.model import Kind
+from directory.sqlite import SqliteDirectory
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import pytest
+
+
+def test_generated_numbers_carry_valid_keys() -> None:
+    assert all(luhn_valid(generate.rpps_number(n)) for n in range(0, 5000, 7))
+    assert all(luhn_valid(generate.adeli_number(n)) for n in range(0, 5000, 7))
+    assert all(luhn_valid(generate.siret_number(n)) for n in range(0, 5000, 7))
+
+
+async def test_generated_extractions_import_without_rejects(tmp_path: Path) -> None:
+    m, r = tmp_path / "m.txt", tmp_path / "r.txt"
+    addresses = generate.write_mssante(m, 600)
+    people = generate.write_rpps(r, 400)
+    d = await SqliteDirectory.open(tmp_path / "d.sqlite3")
+    try:
+        mr = await import_file(d, m, "mssante", batch_size=100)
+        rr = await import_file(d, r, "rpps", batch_size=100)
+        assert (mr.rows, mr.rejected, mr.added) == (600, 0, addresses)
+        assert mr.duplicates == 600 - addresses > 0
+        assert (rr.rows, rr.rejected, rr.added, rr.encoding) == (
+            400,
+            0,
+            people,
+            "cp1252",
+        )
+        assert await d.count(Kind.PRACTITIONER) == people < 400  # multi-activity
+        assert await d.practitioner("0" + generate.adeli_number(50)) is not None
+    finally:
+        await d.close()
+
+
+def test_generators_are_deterministic(tmp_path: Path) -> None:
+    generate.write_rpps(tmp_path / "a.txt", 300)
+    generate.write_rpps(tmp_path / "b.txt", 300)
+    assert (tmp_path / "a.txt").read_bytes() == (tmp_path / "b.txt").read_bytes()
+
+
+def test_bench_directory_prints_bench_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        bench_directory.main(
+            ["--rows", "300", "--quick", "--lookups", "50", "--no-ldap"]
+        )
+        == 0
+    )
+
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("BENCH directory ")]
+    metrics = {line.split()[2] for line in lines}
+    assert {"import_mssante_sqlite_seconds", "import_rpps_sqlite_peak_rss"} <= metrics
+    assert "lookup_mailbox_p99_sqlite" in metrics
+    assert all(" ours=" in line and " ratio=" in line for line in lines)
+    assert "LDAP: skipped: --no-ldap" in out
+
+
+def test_areas_not_built_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_main.main(["smtp"]) == 2
+    assert "not yet built" in capsys.readouterr().err
