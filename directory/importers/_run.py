@@ -26,12 +26,14 @@ What must stay true:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
-from directory.errors import InvalidFieldError
+from directory.errors import DirectoryError, InvalidFieldError
 from directory.importers import mssante, rpps
 from directory.importers._reader import UTF8, ExtractionReader, open_extraction
 from directory.model import SOURCE_MSSANTE, SOURCE_RPPS, Entry, Kind, Practitioner
@@ -124,7 +126,13 @@ class ImportReport:
 
 
 class _Batcher:
-    """Buffers entries of one kind and sends them by ``batch_size``."""
+    """Buffers entries of one kind and sends them by ``batch_size``.
+
+    One batch per kind is in flight while the next one is parsed (the backend
+    works in its own thread); the next batch is sent only once the previous
+    one is committed, so batches of one kind never overlap, whatever the
+    backend's thread pool.
+    """
 
     def __init__(
         self,
@@ -139,6 +147,7 @@ class _Batcher:
         self._report = report
         self._size = batch_size
         self._merge = merge
+        self._in_flight: asyncio.Task[BatchCounts] | None = None
         self.pending: list[Entry] = []
 
     async def add(self, entry: Entry) -> bool:
@@ -146,15 +155,33 @@ class _Batcher:
         self.pending.append(entry)
         if len(self.pending) < self._size:
             return False
-        await self.flush()
+        await self._send()
         return True
 
-    async def flush(self) -> None:
+    async def _wait(self) -> None:
+        task, self._in_flight = self._in_flight, None
+        if task is not None:
+            self._report.counts += await task
+
+    async def _send(self) -> None:
+        await self._wait()
         if self.pending:
             batch, self.pending = self.pending, []
-            self._report.counts += await self._directory.import_batch(
-                batch, self._run, self._merge
+            self._in_flight = asyncio.ensure_future(
+                self._directory.import_batch(batch, self._run, self._merge)
             )
+
+    async def flush(self) -> None:
+        """Send what is buffered and wait until every batch is committed."""
+        await self._send()
+        await self._wait()
+
+    async def abandon(self) -> None:
+        """After a failure: let the batch in flight finish, ignore its result."""
+        task, self._in_flight = self._in_flight, None
+        if task is not None:
+            with contextlib.suppress(DirectoryError):
+                await task
 
     async def suspend_absent(self) -> None:
         keys = await self._directory.suspend_absent(self._report.kind, self._run)
@@ -212,11 +239,28 @@ async def import_file(
         reader = ExtractionReader(stream, layout, path.name)
         report.encoding = reader.encoding
         if fmt == "mssante":
-            batchers = await _mssante(
-                directory, reader, run, report, batch_size, progress
-            )
+            batchers = [
+                _Batcher(directory, run, report.kind(Kind.MAILBOX), batch_size),
+                _Batcher(directory, run, report.kind(Kind.ORGANISATION), batch_size),
+            ]
+            work = _mssante(reader, report, batchers[0], batchers[1], progress)
         else:
-            batchers = await _rpps(directory, reader, run, report, batch_size, progress)
+            batchers = [
+                _Batcher(
+                    directory,
+                    run,
+                    report.kind(Kind.PRACTITIONER),
+                    batch_size,
+                    rpps.merge,
+                )
+            ]
+            work = _rpps(reader, report, batchers[0], progress)
+        try:
+            await work
+        except BaseException:
+            for batcher in batchers:
+                await batcher.abandon()
+            raise
         report.fallback_lines = reader.fallback_lines
     if suspend:
         for batcher in batchers:
@@ -226,15 +270,12 @@ async def import_file(
 
 
 async def _mssante(
-    directory: Directory,
     reader: ExtractionReader,
-    run: ImportRun,
     report: ImportReport,
-    batch_size: int,
+    mailboxes: _Batcher,
+    organisations: _Batcher,
     progress: Callable[[int], None] | None,
-) -> list[_Batcher]:
-    mailboxes = _Batcher(directory, run, report.kind(Kind.MAILBOX), batch_size)
-    organisations = _Batcher(directory, run, report.kind(Kind.ORGANISATION), batch_size)
+) -> None:
     known: set[str] = set()  # structures whose organisation is already queued
     for number, item in reader:
         report.rows += 1
@@ -255,20 +296,14 @@ async def _mssante(
     await organisations.flush()
     if progress is not None:
         progress(report.rows)
-    return [mailboxes, organisations]
 
 
 async def _rpps(
-    directory: Directory,
     reader: ExtractionReader,
-    run: ImportRun,
     report: ImportReport,
-    batch_size: int,
+    practitioners: _Batcher,
     progress: Callable[[int], None] | None,
-) -> list[_Batcher]:
-    practitioners = _Batcher(
-        directory, run, report.kind(Kind.PRACTITIONER), batch_size, rpps.merge
-    )
+) -> None:
     # Consecutive rows of one practitioner are merged here, so that a
     # practitioner is never split across two batches.
     current: Practitioner | None = None
@@ -301,4 +336,3 @@ async def _rpps(
     await practitioners.flush()
     if progress is not None:
         progress(report.rows)
-    return [practitioners]

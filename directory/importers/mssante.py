@@ -110,6 +110,12 @@ CIVILITY_TITLE: Final = {
     "MLLE": "Mlle",
 }
 _BAL_TYPES: Final = {t.value: t for t in BalType}
+# Model fields whose errors are reported under the column they came from.
+MODEL_FIELD_COLUMN: Final = {
+    "address": COLUMNS[ADDRESS],
+    "owner_id": COLUMNS[PP_NATIONAL_ID],
+    "structure_id": COLUMNS[STRUCTURE_ID],
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +140,10 @@ def structure_id(kind: str, value: str, field: str = COLUMNS[STRUCTURE_ID]) -> s
 
 
 def practitioner_id(fields: list[str]) -> str:
-    """``Identification nationale PP``, or type + id when it is empty."""
+    """``Identification nationale PP``, or type + id when it is empty.
+
+    Not validated here: :class:`Mailbox` validates its owner.
+    """
     national = fields[PP_NATIONAL_ID].strip()
     field = COLUMNS[PP_NATIONAL_ID]
     if not national and fields[PP_ID].strip():
@@ -142,7 +151,7 @@ def practitioner_id(fields: list[str]) -> str:
         field = COLUMNS[PP_ID]
     if not national:
         raise InvalidFieldError(field, "", "a PER mailbox needs its practitioner")
-    return ids.national_practitioner_id(national, field)
+    return national
 
 
 def _join(*parts: str) -> str:
@@ -167,7 +176,6 @@ def parse_row(
         raise InvalidFieldError(
             COLUMNS[BAL_TYPE], raw_type, "unknown BAL type (PER, ORG, APP, CAB)"
         )
-    address = ids.address(fields[ADDRESS], COLUMNS[ADDRESS])
     structure = structure_id(fields[STRUCTURE_ID_TYPE], fields[STRUCTURE_ID])
     service = fields[SERVICE].strip()
     company = fields[COMPANY_NAME].strip()
@@ -188,17 +196,23 @@ def parse_row(
             )
         owner_kind, owner = OwnerKind.ORGANISATION, structure
         display = " - ".join(p for p in (service, company) if p)
-    mailbox = Mailbox(
-        address=address,
-        bal_type=bal_type,
-        owner_kind=owner_kind,
-        owner_id=owner,
-        display_name=display,
-        structure_id=structure,
-        service=service,
-        profession=fields[PROFESSION].strip(),
-        source=SOURCE_MSSANTE,
-    )
+    try:
+        mailbox = Mailbox(
+            address=fields[ADDRESS],
+            bal_type=bal_type,
+            owner_kind=owner_kind,
+            owner_id=owner,
+            display_name=display,
+            structure_id=structure,
+            service=service,
+            profession=fields[PROFESSION].strip(),
+            source=SOURCE_MSSANTE,
+        )
+    except InvalidFieldError as exc:
+        # The model validates the address and the owner (once: they are the
+        # costly checks); report them under the column they came from.
+        column = MODEL_FIELD_COLUMN.get(exc.field, exc.field)
+        raise InvalidFieldError(column, exc.value, exc.reason) from None
     organisation = None
     if structure and company and structure not in known_structures:
         organisation = Organisation(
