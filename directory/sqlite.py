@@ -2,7 +2,8 @@
 
 Storage layout (one file, ``directory.sqlite3`` in the data directory):
 
-- ``entries``: one row per entry, ``(kind, key)`` primary key, the entry as a
+- ``entries``: one row per entry, ``(kind, key)`` primary key (a rowid
+  table: rows are ~1 KB, too wide for ``WITHOUT ROWID`` to pay), the entry as a
   JSON record (:func:`directory.model.to_record`), its content digest, status,
   who set the status, source and last import run, and derived columns that
   lookups use: ``addr`` (mailbox or patient address), ``owner`` (mailbox owner,
@@ -88,7 +89,7 @@ CREATE TABLE IF NOT EXISTS entries (
     ref TEXT,
     search TEXT NOT NULL,
     PRIMARY KEY (kind, key)
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS entries_addr ON entries(addr) WHERE addr IS NOT NULL;
 CREATE INDEX IF NOT EXISTS entries_owner ON entries(kind, owner) WHERE owner IS NOT NULL;
 CREATE INDEX IF NOT EXISTS entries_ref ON entries(kind, ref) WHERE ref IS NOT NULL;
@@ -97,6 +98,7 @@ CREATE TABLE IF NOT EXISTS certs (
     fingerprint TEXT PRIMARY KEY,
     address TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS certs_address ON certs(address);
 CREATE TABLE IF NOT EXISTS operator_dns (
     dn TEXT NOT NULL,
     domain TEXT NOT NULL,
