@@ -272,7 +272,6 @@ def ldap_unavailable() -> str | None:
 
 async def ldap_figures(work: Path, mssante_file: Path, sqlite_db: Path) -> list[Figure]:
     """MSSanté import through LdapDirectory vs ldapadd of the same entries' LDIF."""
-    from directory.config import LdapConfig
     from directory.devpki import make_server_pki
     from directory.export import export_ldif
     from directory.importers import import_file
@@ -288,15 +287,7 @@ async def ldap_figures(work: Path, mssante_file: Path, sqlite_db: Path) -> list[
         tls_key=pki.key_file,
         ca_file=pki.ca_file,
     ) as server:
-        password_file = server.add_bind_identity(server.relay_dn, "bench-relay")
-        config = LdapConfig(
-            uri=server.uri,
-            base_dn=server.base_dn,
-            bind_dn=server.relay_dn,
-            bind_password_file=password_file,
-            ca_file=pki.ca_file,
-            timeout=60.0,
-        )
+        config = server.relay_config(pki.ca_file, "bench-relay", timeout=60.0)
         d = await LdapDirectory.open(config)
         try:
             report = await import_file(d, mssante_file, "mssante")

@@ -94,9 +94,6 @@ class Context:
             self.out.write(human + ("\n" if not human.endswith("\n") else ""))
 
 
-Command = "Callable[[Context, Directory, argparse.Namespace], Awaitable[int]]"
-
-
 # --- helpers ------------------------------------------------------------------
 
 

@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final
 
+from directory.config import LdapConfig
+
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from types import TracebackType
@@ -427,6 +429,20 @@ class Slapd:
         path = self.workdir / f"{safe}.password"
         _write_secret(path, password)
         return path
+
+    def relay_config(
+        self, ca_file: Path, password: str, *, timeout: float = 5.0
+    ) -> LdapConfig:
+        """Create the relay's bind identity and the LdapConfig that uses it."""
+        password_file = self.add_bind_identity(self.relay_dn, password)
+        return LdapConfig(
+            uri=self.uri,
+            base_dn=self.base_dn,
+            bind_dn=self.relay_dn,
+            bind_password_file=password_file,
+            ca_file=ca_file,
+            timeout=timeout,
+        )
 
 
 def _check_run(

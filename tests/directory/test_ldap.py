@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from directory.config import LdapConfig
 from directory.devpki import make_server_pki
 from directory.errors import DirectoryUnavailableError
 from directory.ldap import LdapDirectory, field_attributes
@@ -105,15 +104,7 @@ async def test_stopped_server_fails_closed(tmp_path: Path) -> None:
         tls_key=pki.key_file,
         ca_file=pki.ca_file,
     ) as server:
-        password_file = server.add_bind_identity(server.relay_dn, RELAY_PASSWORD)
-        config = LdapConfig(
-            uri=server.uri,
-            base_dn=server.base_dn,
-            bind_dn=server.relay_dn,
-            bind_password_file=password_file,
-            ca_file=pki.ca_file,
-            timeout=1.0,
-        )
+        config = server.relay_config(pki.ca_file, RELAY_PASSWORD, timeout=1.0)
         directory = await LdapDirectory.open(config)
         try:
             await directory.add(samples.mailbox())
