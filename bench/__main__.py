@@ -8,6 +8,8 @@ reference run in the same invocation. Areas not built yet exit with status 2.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import sys
 from typing import TYPE_CHECKING, Final
 
@@ -22,10 +24,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("area", choices=AREAS)
     ns, rest = parser.parse_known_args(args)
-    if ns.area == "directory":
-        from bench import directory
-
-        return directory.main(rest)
+    module_name = f"bench.{ns.area}"
+    if importlib.util.find_spec(module_name) is not None:
+        area = importlib.import_module(module_name)
+        result: int = area.main(rest)
+        return result
     print(f"bench {ns.area}: not yet built", file=sys.stderr)
     return 2
 
