@@ -30,19 +30,95 @@ class ConfigError(Exception):
     """The configuration is invalid; the message names the key."""
 
 
+# DESIGN §4: 25 MB per message by default (the MSSanté patient limit).
+DEFAULT_MAX_MESSAGE_SIZE: Final = 25 * 1024 * 1024
+# Postfix's smtpd_timeout is 300 s; RFC 5321 §4.5.3.2 asks at least 5 minutes.
+DEFAULT_SMTP_TIMEOUT: Final = 300.0
+# A failed login waits this long before its reply (Postfix's smtpd_error_sleep_time
+# is 1 s); tests set it to 0.
+DEFAULT_AUTH_FAILURE_DELAY: Final = 1.0
+# Failures before an account or an address is locked out for a while.
+DEFAULT_AUTH_MAX_FAILURES: Final = 5
+DEFAULT_AUTH_MAX_FAILURES_PER_PEER: Final = 20
+DEFAULT_AUTH_LOCKOUT: Final = 900.0
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RelaySettings:
     """The ``[relay]`` table."""
 
     data_dir: Path  # all state: directory file, spool, mailboxes, audit trail
     domain: str  # the operator's own mail domain (patients: patient.<domain>)
+    # Mail domains whose mailboxes this relay holds; defaults to the domain and
+    # patient.<domain>.
+    local_domains: tuple[str, ...] = ()
+    hostname: str = "localhost"  # announced in the greeting and Received headers
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    master_key_file: Path | None = field(default=None, repr=False)
+
+    @property
+    def patient_domain(self) -> str:
+        return f"patient.{self.domain}"
+
+    def is_local(self, domain: str) -> bool:
+        return domain.lower() in self.local_domains
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Listener:
+    """One TCP listener; port 0 binds an ephemeral port (tests)."""
+
+    host: str
+    port: int
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsSettings:
+    """The ``[tls]`` table: the relay's certificate and the anchors it trusts."""
+
+    cert_file: Path  # PEM chain: the server certificate first
+    key_file: Path = field(repr=False)
+    # Anchors for operator client certificates on the MX port (IGC-Santé roots).
+    trust_anchors_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthSettings:
+    """The ``[auth]`` table: throttling of failed logins."""
+
+    failure_delay: float = DEFAULT_AUTH_FAILURE_DELAY
+    max_failures: int = DEFAULT_AUTH_MAX_FAILURES
+    max_failures_per_peer: int = DEFAULT_AUTH_MAX_FAILURES_PER_PEER
+    lockout: float = DEFAULT_AUTH_LOCKOUT
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SmtpSettings:
+    """The ``[smtp]`` table: the three SMTP listeners."""
+
+    submission: Listener = field(
+        default_factory=lambda: Listener(host="127.0.0.1", port=587)
+    )
+    submissions: Listener = field(
+        default_factory=lambda: Listener(host="127.0.0.1", port=465)
+    )
+    mx: Listener = field(default_factory=lambda: Listener(host="127.0.0.1", port=25))
+    timeout: float = DEFAULT_SMTP_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     relay: RelaySettings
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
+    tls: TlsSettings | None = None  # required by ``serve``, not by admin commands
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     source: Path | None = None  # the file it was read from
+
+    @property
+    def master_key_file(self) -> Path:
+        return self.relay.master_key_file or self.relay.data_dir / "master.key"
 
 
 class _Table:
@@ -82,7 +158,27 @@ class _Table:
 
     def number(self, key: str, default: float) -> float:
         value: float = self._get(key, float, default)
+        if value < 0:
+            raise ConfigError(f"{self._key(key)}: must not be negative")
         return value
+
+    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
+        value: int = self._get(key, int, default)
+        if value < minimum:
+            raise ConfigError(f"{self._key(key)}: must be at least {minimum}")
+        return value
+
+    def texts(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self._get(key, list, list(default))
+        if not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{self._key(key)}: expected a list of strings")
+        return tuple(value)
+
+    def optional_path(self, key: str) -> Path | None:
+        if key not in self._data:
+            self._used.add(key)
+            return None
+        return self.path(key)
 
     def path(self, key: str, default: Path | None = None) -> Path:
         raw: str = self._get(key, str, _REQUIRED if default is None else str(default))
@@ -151,18 +247,97 @@ def _directory(t: _Table | None, data_dir: Path) -> DirectoryConfig:
     )
 
 
+def _relay(t: _Table) -> RelaySettings:
+    domain = t.text("domain").lower()
+    local = t.texts("local_domains", (domain, f"patient.{domain}"))
+    settings = RelaySettings(
+        data_dir=t.path("data_dir"),
+        domain=domain,
+        local_domains=tuple(d.lower() for d in local),
+        hostname=t.text("hostname", "localhost"),
+        max_message_size=t.integer(
+            "max_message_size", DEFAULT_MAX_MESSAGE_SIZE, minimum=1024
+        ),
+        master_key_file=t.optional_path("master_key_file"),
+    )
+    t.done()
+    return settings
+
+
+def _tls(t: _Table | None) -> TlsSettings | None:
+    if t is None:
+        return None
+    settings = TlsSettings(
+        cert_file=t.path("cert_file"),
+        key_file=t.path("key_file"),
+        trust_anchors_file=t.optional_path("trust_anchors_file"),
+    )
+    t.done()
+    return settings
+
+
+def _listener(t: _Table | None, default: Listener) -> Listener:
+    if t is None:
+        return default
+    listener = Listener(
+        host=t.text("host", default.host),
+        port=t.integer("port", default.port),
+        enabled=t.flag("enabled", default.enabled),
+    )
+    if listener.port > 65535:
+        raise ConfigError(f"{t.name}.port: {listener.port} is not a TCP port")
+    t.done()
+    return listener
+
+
+def _smtp(t: _Table | None) -> SmtpSettings:
+    default = SmtpSettings()
+    if t is None:
+        return default
+    settings = SmtpSettings(
+        submission=_listener(t.table("submission"), default.submission),
+        submissions=_listener(t.table("submissions"), default.submissions),
+        mx=_listener(t.table("mx"), default.mx),
+        timeout=t.number("timeout", DEFAULT_SMTP_TIMEOUT),
+    )
+    t.done()
+    return settings
+
+
+def _auth(t: _Table | None) -> AuthSettings:
+    if t is None:
+        return AuthSettings()
+    settings = AuthSettings(
+        failure_delay=t.number("failure_delay", DEFAULT_AUTH_FAILURE_DELAY),
+        max_failures=t.integer("max_failures", DEFAULT_AUTH_MAX_FAILURES, minimum=1),
+        max_failures_per_peer=t.integer(
+            "max_failures_per_peer", DEFAULT_AUTH_MAX_FAILURES_PER_PEER, minimum=1
+        ),
+        lockout=t.number("lockout", DEFAULT_AUTH_LOCKOUT),
+    )
+    t.done()
+    return settings
+
+
 def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Config:
     """Build a :class:`Config` from parsed TOML; paths relative to ``base``."""
     root = _Table("", data, base)
     relay_table = root.table("relay", required=True)
     assert relay_table is not None  # noqa: S101 - required=True
-    relay = RelaySettings(
-        data_dir=relay_table.path("data_dir"), domain=relay_table.text("domain")
-    )
-    relay_table.done()
+    relay = _relay(relay_table)
     directory = _directory(root.table("directory"), relay.data_dir)
+    tls = _tls(root.table("tls"))
+    smtp = _smtp(root.table("smtp"))
+    auth = _auth(root.table("auth"))
     root.done()
-    return Config(relay=relay, directory=directory, source=source)
+    return Config(
+        relay=relay,
+        directory=directory,
+        tls=tls,
+        smtp=smtp,
+        auth=auth,
+        source=source,
+    )
 
 
 def load(path: Path) -> Config:

@@ -1,0 +1,1 @@
+"""The durable spool and local delivery (see :mod:`relay.queue.spool`)."""
