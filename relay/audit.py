@@ -185,8 +185,9 @@ class _ChainedFile:
                 os.fsync(self._file.fileno())
                 self._file.close()
 
-    # structlog calls the method named after the log level.
-    def msg(self, record: dict[str, Any]) -> None:
+    # structlog calls the method named after the log level, with the final
+    # processor's dict as keyword arguments.
+    def msg(self, **record: Any) -> None:  # noqa: ANN401 - JSON values
         self.append(record)
 
     info = msg

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from datetime import datetime
 
-    from directory.model import Delegation
+    from directory.model import Delegation, Operator
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +303,31 @@ def check_mx_sender(
     if entry is not None and entry.status is not Status.ACTIVE:
         return Decision(R550_SENDER_SUSPENDED, f"sender {entry.status.value}")
     return Decision(R250_OK, "sender vouched for by its operator")
+
+
+def whitelisted_domains(
+    operators: Iterable[Operator], issuer_dn: str, fingerprint: str
+) -> frozenset[str]:
+    """The domains active operators whitelist this client certificate for.
+
+    ``operators`` are those listing the certificate's subject DN; an entry that
+    also names an issuer DN or pins a fingerprint must match it too.
+    """
+    domains = set()
+    for operator in operators:
+        if operator.status is not Status.ACTIVE:
+            continue
+        for cert in operator.certificates:
+            if cert.issuer_dn and _dn(cert.issuer_dn) != _dn(issuer_dn):
+                continue
+            if cert.fingerprint and cert.fingerprint != fingerprint:
+                continue
+            domains.add(operator.domain.lower())
+    return frozenset(domains)
+
+
+def _dn(value: str) -> str:
+    return ",".join(part.strip().upper() for part in value.split(","))
 
 
 def role_of(address: str, entry: Mailbox | Patient | None, local: LocalDomains) -> Role:

@@ -1,0 +1,224 @@
+"""The composition root: build the relay from its config and run it.
+
+``run_relay(cfg)`` is an async context manager. On entry it opens the
+directory, the account, thread and mailbox stores, the spool and the audit
+trail, queues what the spool still holds (a crash between ``250`` and
+delivery loses nothing), and binds every enabled listener; it yields a
+:class:`RunningRelay` with the bound addresses (port ``0`` in the config
+means an ephemeral port, for tests). On exit it stops accepting, lets the
+delivery queue drain (bounded), and closes everything, flushing the audit
+trail. Production (``mssante serve``) and tests start the relay the same
+way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final
+
+from directory.config import open_directory
+from relay import policy
+from relay.accounts import AccountStore, LoginThrottle
+from relay.audit import AUDIT_FILE_NAME, AuditEvent, AuditTrail
+from relay.queue.deliver import LocalDelivery
+from relay.queue.spool import Spool
+from relay.smtp.handler import HandlerContext, RelayHandler
+from relay.smtp.server import RelaySMTP
+from relay.store import MailStore, MasterKey
+from relay.threads import ThreadStore
+from relay.tls import server_context
+
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import AsyncIterator, Callable
+
+    from directory.protocol import Directory
+    from relay.config import Config, Listener
+
+log = logging.getLogger("mssante.relay")
+
+# How long shutdown waits for queued deliveries (they resume at next start).
+DEFAULT_DRAIN_TIMEOUT: Final = 10.0
+STORE_DIR_NAME: Final = "mail"
+
+
+class RelayError(Exception):
+    """The relay cannot start; the message says what to fix."""
+
+
+@dataclass(slots=True)
+class RunningRelay:
+    """A started relay: its bound addresses and its parts (for tests and the CLI)."""
+
+    addresses: dict[str, tuple[str, int]]
+    directory: Directory
+    accounts: AccountStore
+    store: MailStore
+    audit: AuditTrail
+    spool: Spool
+    delivery: LocalDelivery
+    servers: list[asyncio.Server] = field(default_factory=list)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def local_domains(cfg: Config) -> policy.LocalDomains:
+    return policy.LocalDomains(
+        domains=frozenset(cfg.relay.local_domains),
+        patient_domain=cfg.relay.patient_domain,
+    )
+
+
+async def _listen(
+    name: str,
+    listener: Listener,
+    factory: Callable[[], RelaySMTP],
+    ssl_context: ssl.SSLContext | None,
+) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.create_server(
+            factory, listener.host, listener.port, ssl=ssl_context, reuse_address=True
+        )
+    except OSError as exc:
+        raise RelayError(
+            f"smtp.{name}: cannot listen on {listener.host}:{listener.port}: {exc.strerror}"
+        ) from exc
+
+
+@contextlib.asynccontextmanager
+async def run_relay(
+    cfg: Config,
+    *,
+    clock: Callable[[], datetime] = _now,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+) -> AsyncIterator[RunningRelay]:
+    """Start the relay described by ``cfg``; stop it when the block exits."""
+    if cfg.tls is None:
+        raise RelayError("tls: the [tls] table is required to serve")
+    data_dir = cfg.relay.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    master = MasterKey.load(cfg.master_key_file)
+    async with contextlib.AsyncExitStack() as stack:
+        directory = await open_directory(cfg.directory)
+        stack.push_async_callback(directory.close)
+        accounts = AccountStore.open(data_dir)
+        stack.callback(accounts.close)
+        audit = AuditTrail(data_dir / AUDIT_FILE_NAME, master.derive("audit"))
+        stack.callback(audit.close)
+        threads = ThreadStore.open(data_dir, master.derive("threads"))
+        stack.callback(threads.close)
+        store = MailStore.open(data_dir / STORE_DIR_NAME, master)
+        stack.callback(store.close)
+        spool = Spool.open(data_dir)
+        local = local_domains(cfg)
+        delivery = LocalDelivery(
+            spool=spool,
+            store=store,
+            audit=audit,
+            is_local=local.is_local,
+            clock=clock,
+        )
+        delivery.start()
+        stack.push_async_callback(delivery.stop)
+        throttle = LoginThrottle(
+            max_failures=cfg.auth.max_failures,
+            max_failures_per_peer=cfg.auth.max_failures_per_peer,
+            lockout=cfg.auth.lockout,
+        )
+        ctx = HandlerContext(
+            directory=directory,
+            accounts=accounts,
+            throttle=throttle,
+            audit=audit,
+            spool=spool,
+            threads=threads,
+            delivery=delivery,
+            local=local,
+            hostname=cfg.relay.hostname,
+            auth_failure_delay=cfg.auth.failure_delay,
+            clock=clock,
+        )
+        handler = RelayHandler(ctx)
+        plain_ctx = server_context(cfg.tls, ask_client_certificate=False)
+        smtp = cfg.smtp
+        common = {
+            "hostname": cfg.relay.hostname,
+            "data_size_limit": cfg.relay.max_message_size,
+            "enable_SMTPUTF8": True,
+            "timeout": smtp.timeout,
+        }
+
+        def submission() -> RelaySMTP:
+            return RelaySMTP(
+                handler,
+                channel=policy.Channel.SUBMISSION,
+                tls_context=plain_ctx,
+                require_starttls=True,
+                auth_require_tls=True,
+                **common,
+            )
+
+        def submissions() -> RelaySMTP:
+            # Implicit TLS (RFC 8314): the whole session is TLS, so AUTH is
+            # offered at once; aiosmtpd only knows STARTTLS as "TLS".
+            return RelaySMTP(
+                handler,
+                channel=policy.Channel.SUBMISSION,
+                implicit_tls=True,
+                auth_require_tls=False,
+                **common,
+            )
+
+        def mx() -> RelaySMTP:
+            return RelaySMTP(
+                handler,
+                channel=policy.Channel.MX,
+                tls_context=mx_ctx,
+                require_starttls=True,
+                auth_exclude_mechanism=["PLAIN", "LOGIN"],
+                **common,
+            )
+
+        running = RunningRelay(
+            addresses={},
+            directory=directory,
+            accounts=accounts,
+            store=store,
+            audit=audit,
+            spool=spool,
+            delivery=delivery,
+        )
+        listeners: list[tuple[str, Listener, Callable[[], RelaySMTP], ssl.SSLContext | None]] = []
+        if smtp.submission.enabled:
+            listeners.append(("submission", smtp.submission, submission, None))
+        if smtp.submissions.enabled:
+            listeners.append(("submissions", smtp.submissions, submissions, plain_ctx))
+        if smtp.mx.enabled:
+            mx_ctx = server_context(cfg.tls, ask_client_certificate=True)
+            listeners.append(("mx", smtp.mx, mx, None))
+        for name, listener, factory, implicit in listeners:
+            server = await _listen(name, listener, factory, implicit)
+            running.servers.append(server)
+            host, port = server.sockets[0].getsockname()[:2]
+            running.addresses[name] = (host, port)
+        audit.emit(
+            AuditEvent.RELAY_STARTED,
+            listeners={k: f"{h}:{p}" for k, (h, p) in running.addresses.items()},
+            queued=len(spool.pending()),
+        )
+        try:
+            yield running
+        finally:
+            for server in running.servers:
+                server.close()
+            for server in running.servers:
+                await server.wait_closed()
+            await delivery.drain(drain_timeout)
+            audit.emit(AuditEvent.RELAY_STOPPED)

@@ -1,0 +1,214 @@
+"""Local delivery: from the spool into the mailbox store, exactly once.
+
+Owns: the in-memory queue of spool ids and the worker tasks that drain it.
+
+What must stay true:
+
+- Every recipient copy is delivered with the delivery key
+  ``<queue id>:<recipient>`` (and ``<queue id>:sent`` for the sender's Sent
+  copy, ``<queue id>:dsn`` for a success notice); the store ignores a key it
+  has already seen, so replaying a spool file after a crash delivers nothing
+  twice.
+- A spool file is removed only after all its copies are durably stored.
+- At start, every file left in the spool is queued again (a crash between
+  ``250`` and delivery loses nothing).
+- A store failure leaves the file in the spool; it is retried with a backoff
+  (``retry_delays``), never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Final
+
+from relay.audit import AuditEvent
+from relay.queue.spool import SpoolError
+from relay.store import StoreError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from datetime import datetime
+
+    from relay.audit import AuditTrail
+    from relay.queue.spool import Envelope, Spool
+    from relay.store import MailStore
+
+log = logging.getLogger("mssante.relay.delivery")
+
+# Retries of a local store failure: quick first, then every five minutes
+# (Postfix's minimal_backoff_time is 300 s).
+DEFAULT_RETRY_DELAYS: Final = (1.0, 10.0, 60.0, 300.0)
+DEFAULT_WORKERS: Final = 2
+SENT_FOLDER: Final = "Sent"
+SEEN: Final = "\\Seen"
+
+
+class LocalDelivery:
+    """Workers that move spooled messages into mailboxes."""
+
+    def __init__(
+        self,
+        *,
+        spool: Spool,
+        store: MailStore,
+        audit: AuditTrail,
+        is_local: Callable[[str], bool],
+        clock: Callable[[], datetime],
+        success_notice: Callable[[Envelope, list[str], bytes], bytes | None]
+        | None = None,
+        workers: int = DEFAULT_WORKERS,
+        retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS,
+    ) -> None:
+        self._spool = spool
+        self._store = store
+        self._audit = audit
+        self._is_local = is_local
+        self._clock = clock
+        self._success_notice = success_notice
+        self._workers = workers
+        self._retry_delays = retry_delays
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queued: set[str] = set()
+        self._retries: dict[str, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def submit(self, queue_id: str) -> None:
+        """Queue a spooled message for delivery (idempotent)."""
+        if queue_id not in self._queued:
+            self._queued.add(queue_id)
+            self._queue.put_nowait(queue_id)
+
+    def start(self) -> None:
+        """Queue what the spool holds, then start the workers."""
+        for queue_id in self._spool.pending():
+            self.submit(queue_id)
+        self._tasks = [
+            asyncio.create_task(self._work(), name=f"delivery-{n}")
+            for n in range(self._workers)
+        ]
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until the queue is empty; True if it emptied within ``timeout``."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._queue.join()
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _work(self) -> None:
+        while True:
+            queue_id = await self._queue.get()
+            try:
+                done = await asyncio.to_thread(self.deliver, queue_id)
+            finally:
+                self._queued.discard(queue_id)
+                self._queue.task_done()
+            if not done:
+                self._retry_later(queue_id)
+
+    def _retry_later(self, queue_id: str) -> None:
+        attempt = self._retries.get(queue_id, 0)
+        self._retries[queue_id] = attempt + 1
+        delay = self._retry_delays[min(attempt, len(self._retry_delays) - 1)]
+        asyncio.get_running_loop().call_later(delay, self.submit, queue_id)
+
+    def deliver(self, queue_id: str) -> bool:
+        """Deliver one spooled message (blocking). False: retry later."""
+        try:
+            envelope, message = self._spool.read(queue_id)
+        except SpoolError:
+            log.exception("spool file %s unreadable; left in place", queue_id)
+            return False
+        delivered: list[str] = []
+        try:
+            for recipient in envelope.recipients:
+                copy = _with_return_path(envelope.sender, message)
+                self._store_copy(
+                    recipient.address, copy, f"{queue_id}:{recipient.address}", envelope
+                )
+                delivered.append(recipient.address)
+                self._audit.emit(
+                    AuditEvent.MESSAGE_DELIVERED,
+                    cid=envelope.cid,
+                    sender=envelope.sender,
+                    recipient=recipient.address,
+                    queue_id=queue_id,
+                    message_ref=envelope.message_ref,
+                )
+            if envelope.channel == "submission" and self._is_local(envelope.sender):
+                self._store_copy(
+                    envelope.sender,
+                    message,
+                    f"{queue_id}:sent",
+                    envelope,
+                    folder=SENT_FOLDER,
+                    flags=(SEEN,),
+                )
+            self._notify_success(envelope, delivered, message)
+        except StoreError:
+            log.exception("delivery of %s failed; will retry", queue_id)
+            return False
+        self._spool.remove(queue_id)
+        self._retries.pop(queue_id, None)
+        return True
+
+    def _store_copy(
+        self,
+        address: str,
+        message: bytes,
+        key: str,
+        envelope: Envelope,
+        *,
+        folder: str = "INBOX",
+        flags: tuple[str, ...] = (),
+    ) -> None:
+        self._store.ensure_mailbox(address)
+        self._store.deliver(
+            address,
+            message,
+            delivery_key=key,
+            internal_date=envelope.received_at,
+            folder=folder,
+            flags=flags,
+        )
+
+    def _notify_success(
+        self, envelope: Envelope, delivered: list[str], message: bytes
+    ) -> None:
+        # RFC 3461 §5.2.2: a "delivered" DSN for recipients that asked SUCCESS.
+        wanted = [
+            r.address
+            for r in envelope.recipients
+            if "SUCCESS" in r.notify and r.address in delivered
+        ]
+        if (
+            not wanted
+            or not envelope.sender
+            or not self._is_local(envelope.sender)
+            or self._success_notice is None
+        ):
+            return
+        dsn = self._success_notice(envelope, wanted, message)
+        if dsn is None:
+            return
+        self._store_copy(envelope.sender, dsn, f"{envelope.queue_id}:dsn", envelope)
+        self._audit.emit(
+            AuditEvent.DSN_SENT,
+            cid=envelope.cid,
+            recipient=envelope.sender,
+            queue_id=envelope.queue_id,
+            action="delivered",
+        )
+
+
+def _with_return_path(sender: str, message: bytes) -> bytes:
+    # RFC 5321 §4.4: the final delivery adds Return-Path with the reverse-path.
+    return f"Return-Path: <{sender}>\r\n".encode() + message

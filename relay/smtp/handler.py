@@ -1,0 +1,568 @@
+"""aiosmtpd hooks: gather facts, ask :mod:`relay.policy`, record the decision.
+
+Each hook looks up what the policy needs (the account, the directory entry,
+the operator whitelist, the thread state), calls one policy function, writes
+one audit event when the decision is a refusal or a security fact, and
+returns the reply. No rule lives here.
+
+Failure handling (fail closed): a directory that cannot answer gives
+``451 4.4.3``, a spool or thread store that cannot write gives
+``451 4.3.0``; never an accept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import email.policy
+import email.utils
+from base64 import b64decode
+from dataclasses import dataclass
+from datetime import datetime
+from email.parser import BytesHeaderParser
+from typing import TYPE_CHECKING, Final
+
+from aiosmtpd.smtp import MISSING, AuthResult
+
+from directory.errors import DirectoryError
+from directory.model import Mailbox, Patient
+from relay import policy
+from relay.accounts import Account, ThrottleVerdict
+from relay.audit import AuditEvent
+from relay.queue.spool import Envelope, Recipient, SpoolError
+from relay.smtp.server import RcptDsn, RelayEnvelope, RelaySMTP
+from relay.tls import describe, peer_certificate
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from email.message import Message
+
+    from aiosmtpd.smtp import Session
+
+    from directory.model import Delegation
+    from directory.protocol import Directory
+    from relay.accounts import AccountStore, LoginThrottle
+    from relay.audit import AuditTrail
+    from relay.queue.deliver import LocalDelivery
+    from relay.queue.spool import Spool
+    from relay.threads import ThreadStore
+
+R421_LOCKED: Final = "454 4.7.0 Too many authentication failures, try again later"
+R535_INVALID: Final = "535 5.7.8 Authentication credentials invalid"
+R554_BARE_LINE_ENDING: Final = policy.Reply(
+    554, "5.5.2", "Bare CR or LF in message data is not allowed (RFC 5321 §2.3.8)"
+)
+R554_NO_FROM: Final = policy.Reply(554, "5.6.0", "Message has no valid From header")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandlerContext:
+    """Everything the hooks need; built by :mod:`relay.app`."""
+
+    directory: Directory
+    accounts: AccountStore
+    throttle: LoginThrottle
+    audit: AuditTrail
+    spool: Spool
+    threads: ThreadStore
+    delivery: LocalDelivery
+    local: policy.LocalDomains
+    hostname: str
+    auth_failure_delay: float
+    clock: Callable[[], datetime]
+
+
+def _session_account(session: Session) -> Account | None:
+    data: object = session.auth_data
+    return data if session.authenticated and isinstance(data, Account) else None
+
+
+def _peer_ip(session: Session) -> str:
+    peer: object = session.peer
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer or "")
+
+
+def _account_facts(account: Account) -> policy.AccountFacts:
+    return policy.AccountFacts(
+        login=account.login,
+        owned=frozenset(account.mailboxes),
+    )
+
+
+def _has_bare_line_ending(data: bytes) -> bool:
+    # RFC 5321 §2.3.8: CR and LF only as CRLF. A bare LF or CR is how SMTP
+    # smuggling hides a second message (Postfix: smtpd_forbid_bare_newline).
+    return data.count(b"\n") != data.count(b"\r\n") or data.count(b"\r") != data.count(
+        b"\r\n"
+    )
+
+
+def _addresses(headers: Message, name: str) -> list[str]:
+    values = headers.get_all(name) or []
+    return [addr for _, addr in email.utils.getaddresses([str(v) for v in values])]
+
+
+def _message_ids(headers: Message, name: str) -> list[str]:
+    out: list[str] = []
+    for value in headers.get_all(name) or []:
+        out.extend(part for part in str(value).split() if part.startswith("<"))
+    return out
+
+
+class RelayHandler:
+    """The hooks of one listener (``channel`` says which)."""
+
+    def __init__(self, ctx: HandlerContext) -> None:
+        self._ctx = ctx
+
+    # -- EHLO ----------------------------------------------------------------
+
+    async def handle_EHLO(
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: RelayEnvelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        kept = [r for r in responses[:-1] if r.strip() != "250-AUTH"]
+        extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-DSN"]
+        return [*kept, *extra, responses[-1]]
+
+    # -- AUTH (RFC 4954; PLAIN RFC 4616, LOGIN) ------------------------------
+
+    async def auth_PLAIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await server.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = b64decode(args[1], validate=True)
+            except binascii.Error:
+                await server.push("501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=True)
+        assert isinstance(blob, bytes)  # noqa: S101 - challenge_auth returns bytes
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:
+            await server.push("501 5.5.2 Cannot split the PLAIN response")
+            return AuthResult(success=False, handled=True)
+        authzid, login, password = parts
+        if authzid and authzid != login:
+            # Acting as another identity is what delegations are for.
+            return await self._refuse_auth(
+                server, login, "authorization identity differs"
+            )
+        return await self._verify(server, login, password, "PLAIN")
+
+    async def auth_LOGIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await server.challenge_auth(server.AuthLoginUsernameChallenge)
+        else:
+            try:
+                login = b64decode(args[1], validate=True)
+            except binascii.Error:
+                await server.push("501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=True)
+        if login is MISSING:
+            return AuthResult(success=False, handled=True)
+        password = await server.challenge_auth(server.AuthLoginPasswordChallenge)
+        if password is MISSING:
+            return AuthResult(success=False, handled=True)
+        assert isinstance(login, bytes)  # noqa: S101
+        assert isinstance(password, bytes)  # noqa: S101
+        return await self._verify(server, login, password, "LOGIN")
+
+    async def _refuse_auth(
+        self, server: RelaySMTP, login: bytes, reason: str
+    ) -> AuthResult:
+        assert server.session is not None  # noqa: S101
+        name = login.decode("utf-8", "replace")
+        peer = _peer_ip(server.session)
+        verdict = self._ctx.throttle.failed(name, peer)
+        self._ctx.audit.emit(
+            AuditEvent.AUTH_FAILED, cid=server.cid, actor=name, peer=peer, reason=reason
+        )
+        if verdict is not ThrottleVerdict.ALLOWED:
+            self._ctx.audit.emit(
+                AuditEvent.AUTH_LOCKED,
+                cid=server.cid,
+                actor=name,
+                peer=peer,
+                reason=verdict.value,
+            )
+        await asyncio.sleep(self._ctx.auth_failure_delay)
+        return AuthResult(success=False, handled=False, message=R535_INVALID)
+
+    async def _verify(
+        self, server: RelaySMTP, login: bytes, password: bytes, mechanism: str
+    ) -> AuthResult:
+        assert server.session is not None  # noqa: S101
+        try:
+            name = login.decode("utf-8")
+            secret = password.decode("utf-8")
+        except UnicodeDecodeError:
+            return await self._refuse_auth(server, login, "credentials not UTF-8")
+        peer = _peer_ip(server.session)
+        verdict = self._ctx.throttle.check(name, peer)
+        if verdict is not ThrottleVerdict.ALLOWED:
+            self._ctx.audit.emit(
+                AuditEvent.AUTH_LOCKED,
+                cid=server.cid,
+                actor=name,
+                peer=peer,
+                reason=verdict.value,
+            )
+            await asyncio.sleep(self._ctx.auth_failure_delay)
+            return AuthResult(success=False, handled=False, message=R421_LOCKED)
+        account = await asyncio.to_thread(self._ctx.accounts.authenticate, name, secret)
+        if account is None:
+            return await self._refuse_auth(
+                server, login, "bad credentials or locked account"
+            )
+        self._ctx.throttle.succeeded(name)
+        self._ctx.audit.emit(
+            AuditEvent.AUTH_SUCCEEDED,
+            cid=server.cid,
+            actor=name,
+            peer=peer,
+            mechanism=mechanism,
+            tls=describe(server.ssl_object),
+        )
+        return AuthResult(success=True, auth_data=account)
+
+    # -- MAIL FROM -----------------------------------------------------------
+
+    async def _lookup(
+        self, server: RelaySMTP, address: str
+    ) -> tuple[Mailbox | Patient | None, policy.Reply | None]:
+        if not address:
+            return None, None
+        try:
+            return await self._ctx.directory.resolve(address), None
+        except DirectoryError as exc:
+            self._ctx.audit.emit(
+                AuditEvent.DIRECTORY_LOOKUP_FAILED,
+                cid=server.cid,
+                target=address,
+                reason=type(exc).__name__,
+            )
+            return None, policy.R451_DIRECTORY_UNAVAILABLE
+
+    async def _session_facts(
+        self, server: RelaySMTP, session: Session
+    ) -> policy.SessionFacts:
+        if server.channel is policy.Channel.SUBMISSION:
+            account: Account | None = (
+                session.auth_data if session.authenticated else None
+            )
+            return policy.SessionFacts(
+                channel=server.channel,
+                account=_account_facts(account) if account is not None else None,
+            )
+        cert = peer_certificate(server.ssl_object)
+        domains: frozenset[str] = frozenset()
+        if cert is not None:
+            operators = await self._ctx.directory.operators_for_certificate(
+                cert.subject_dn
+            )
+            domains = policy.whitelisted_domains(
+                operators, cert.issuer_dn, cert.fingerprint
+            )
+        return policy.SessionFacts(
+            channel=server.channel,
+            operator_domains=domains,
+            has_client_certificate=cert is not None,
+        )
+
+    async def handle_MAIL(
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: RelayEnvelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        entry, failure = await self._lookup(server, address)
+        if failure is not None:
+            return str(failure)
+        try:
+            facts = await self._session_facts(server, session)
+            delegations: list[Delegation] = []
+            if facts.account is not None and address:
+                delegations = await self._ctx.directory.delegations(
+                    account=facts.account.login, mailbox=address
+                )
+        except DirectoryError as exc:
+            self._ctx.audit.emit(
+                AuditEvent.DIRECTORY_LOOKUP_FAILED,
+                cid=server.cid,
+                target=address,
+                reason=type(exc).__name__,
+            )
+            return str(policy.R451_DIRECTORY_UNAVAILABLE)
+        now = self._ctx.clock()
+        if facts.channel is policy.Channel.SUBMISSION:
+            decision = policy.check_submission_sender(
+                facts, address, entry, delegations, self._ctx.local, now
+            )
+        else:
+            decision = policy.check_mx_sender(facts, address, entry, self._ctx.local)
+        if not decision.accepted:
+            self._ctx.audit.emit(
+                AuditEvent.SMTP_SENDER_REJECTED,
+                cid=server.cid,
+                channel=facts.channel,
+                actor=facts.account.login if facts.account else None,
+                peer=_peer_ip(session),
+                sender=address,
+                code=decision.reply.status,
+                reason=decision.reason,
+            )
+            return str(decision.reply)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        envelope.dsn = server.pending_mail
+        envelope.usable_from = {address}
+        envelope.sender_facts = policy.SenderFacts(
+            address=address,
+            role=policy.role_of(address, entry, self._ctx.local),
+            entry=entry,
+            identities=policy.sender_identities(address, entry),
+        )
+        return str(decision.reply)
+
+    # -- RCPT TO -------------------------------------------------------------
+
+    async def handle_RCPT(
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: RelayEnvelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        sender = envelope.sender_facts
+        assert sender is not None  # noqa: S101 - aiosmtpd checks MAIL came first
+        entry, failure = await self._lookup(server, address)
+        if failure is not None:
+            return str(failure)
+        decision = policy.check_recipient(
+            sender,
+            address,
+            entry,
+            self._ctx.local,
+            envelope.patient_recipients,
+            self._ctx.clock(),
+        )
+        self._ctx.audit.emit(
+            AuditEvent.SMTP_RECIPIENT_ACCEPTED
+            if decision.accepted
+            else AuditEvent.SMTP_RECIPIENT_REJECTED,
+            cid=server.cid,
+            channel=server.channel,
+            sender=sender.address,
+            recipient=address,
+            code=decision.reply.status,
+            reason=decision.reason,
+        )
+        if not decision.accepted:
+            return str(decision.reply)
+        if isinstance(entry, Patient):
+            envelope.patient_recipients += 1
+        if decision.needs_thread:
+            envelope.thread_checks[address] = entry
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        envelope.rcpt_dsn[address] = server.pending_rcpt
+        return str(decision.reply)
+
+    # -- DATA ----------------------------------------------------------------
+
+    def _refuse_message(
+        self, server: RelaySMTP, envelope: RelayEnvelope, decision: policy.Decision
+    ) -> str:
+        self._ctx.audit.emit(
+            AuditEvent.MESSAGE_REJECTED,
+            cid=server.cid,
+            channel=server.channel,
+            sender=envelope.mail_from,
+            recipients=list(envelope.rcpt_tos),
+            code=decision.reply.status,
+            reason=decision.reason,
+        )
+        return str(decision.reply)
+
+    async def handle_DATA(
+        self, server: RelaySMTP, session: Session, envelope: RelayEnvelope
+    ) -> str:
+        data = envelope.original_content or b""
+        if _has_bare_line_ending(data):
+            return self._refuse_message(
+                server,
+                envelope,
+                policy.Decision(R554_BARE_LINE_ENDING, "bare CR or LF"),
+            )
+        headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(data)
+        sender = envelope.sender_facts
+        assert sender is not None  # noqa: S101
+        added: list[str] = []
+        now = self._ctx.clock()
+        message_id = str(headers.get("Message-ID", "")).strip()
+        if server.channel is policy.Channel.SUBMISSION:
+            account = _session_account(session)
+            assert account is not None  # noqa: S101 - MAIL FROM required it
+            froms = _addresses(headers, "From")
+            if not froms:
+                return self._refuse_message(
+                    server, envelope, policy.Decision(R554_NO_FROM, "no From header")
+                )
+            checked = policy.check_from_header(
+                _account_facts(account),
+                sender.address,
+                froms,
+                headers.get("Sender"),
+                frozenset(envelope.usable_from),
+            )
+            if not checked.decision.accepted:
+                return self._refuse_message(server, envelope, checked.decision)
+            if checked.add_sender:
+                added.append(f"Sender: {checked.add_sender}")
+            # RFC 6409 §8: a submission server may add Message-ID and Date.
+            if not message_id:
+                message_id = email.utils.make_msgid(domain=self._ctx.hostname)
+                added.append(f"Message-ID: {message_id}")
+            if headers.get("Date") is None:
+                added.append(f"Date: {email.utils.format_datetime(now)}")
+        references = _message_ids(headers, "In-Reply-To") + _message_ids(
+            headers, "References"
+        )
+        if sender.role is policy.Role.PATIENT and envelope.thread_checks:
+            refused = await self._check_patient_threads(
+                sender, references, envelope, now
+            )
+            if refused is not None:
+                return self._refuse_message(server, envelope, refused)
+        received = self._received_header(server, session, now)
+        stored = "\r\n".join([received, *added]).encode("utf-8") + b"\r\n" + data
+        spooled = Envelope(
+            sender=envelope.mail_from or "",
+            recipients=tuple(
+                Recipient(
+                    address=r,
+                    notify=envelope.rcpt_dsn.get(r, RcptDsn()).notify,
+                    orcpt=envelope.rcpt_dsn.get(r, RcptDsn()).orcpt,
+                )
+                for r in envelope.rcpt_tos
+            ),
+            received_at=now,
+            channel=server.channel.value,
+            cid=server.cid,
+            account=account.login if (account := _session_account(session)) else None,
+            envid=envelope.dsn.envid,
+            ret=envelope.dsn.ret,
+            body="8BITMIME" if "BODY=8BITMIME" in envelope.mail_options else "7BIT",
+            smtputf8=envelope.smtp_utf8,
+            message_ref=self._ctx.audit.message_ref(message_id) if message_id else "",
+        )
+        try:
+            await asyncio.to_thread(
+                self._record_threads, sender, envelope, headers, message_id, references
+            )
+            spooled = await asyncio.to_thread(self._ctx.spool.write, spooled, stored)
+        except (OSError, SpoolError) as exc:
+            self._ctx.audit.emit(
+                AuditEvent.MESSAGE_REJECTED,
+                cid=server.cid,
+                sender=envelope.mail_from,
+                code="4.3.0",
+                reason=f"spool write failed: {type(exc).__name__}",
+            )
+            return str(policy.R451_LOCAL_ERROR)
+        self._ctx.audit.emit(
+            AuditEvent.MESSAGE_ACCEPTED,
+            cid=server.cid,
+            channel=server.channel,
+            actor=spooled.account,
+            peer=_peer_ip(session),
+            sender=spooled.sender,
+            recipients=[r.address for r in spooled.recipients],
+            queue_id=spooled.queue_id,
+            message_ref=spooled.message_ref,
+            size=len(stored),
+        )
+        self._ctx.delivery.submit(spooled.queue_id)
+        return f"250 2.0.0 Ok: queued as {spooled.queue_id}"
+
+    async def _check_patient_threads(
+        self,
+        sender: policy.SenderFacts,
+        references: list[str],
+        envelope: RelayEnvelope,
+        now: datetime,
+    ) -> policy.Decision | None:
+        facts = await asyncio.to_thread(
+            self._ctx.threads.facts, sender.address, references
+        )
+        patient = sender.entry if isinstance(sender.entry, Patient) else None
+        for entry in envelope.thread_checks.values():
+            if not isinstance(entry, Mailbox):
+                continue
+            decision = policy.check_patient_message(patient, entry, facts, now)
+            if not decision.accepted:
+                return decision
+        return None
+
+    def _record_threads(
+        self,
+        sender: policy.SenderFacts,
+        envelope: RelayEnvelope,
+        headers: Message,
+        message_id: str,
+        references: list[str],
+    ) -> None:
+        if not message_id:
+            return
+        if sender.role is policy.Role.PATIENT:
+            self._ctx.threads.record(
+                patient=sender.address,
+                message_id=message_id,
+                references=references,
+                reply_addresses=None,
+            )
+            return
+        patients = [
+            r for r in envelope.rcpt_tos if self._ctx.local.is_patient_address(r)
+        ]
+        if not patients:
+            return
+        reply_to = _addresses(headers, "Reply-To") or _addresses(headers, "From")
+        closes = policy.closes_thread(headers.get("Subject"), headers.get("X-MSS-MES"))
+        for patient in patients:
+            self._ctx.threads.record(
+                patient=patient,
+                message_id=message_id,
+                references=references,
+                reply_addresses=reply_to or [sender.address],
+                author_identities=sender.identities,
+                closes=closes,
+            )
+
+    def _received_header(
+        self, server: RelaySMTP, session: Session, now: datetime
+    ) -> str:
+        # RFC 5321 §4.4 trace information; RFC 3848 protocol names.
+        tls = describe(server.ssl_object)
+        authenticated = session.authenticated
+        protocol = "ESMTP" + ("S" if tls else "") + ("A" if authenticated else "")
+        helo = session.host_name or "unknown"
+        peer = _peer_ip(session)
+        tls_note = f" ({tls})" if tls else ""
+        return (
+            f"Received: from {helo} ([{peer}])\r\n"
+            f"\tby {self._ctx.hostname} (mssante) with {protocol} id {server.cid}{tls_note};\r\n"
+            f"\t{email.utils.format_datetime(now)}"
+        )

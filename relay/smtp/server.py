@@ -1,0 +1,246 @@
+"""aiosmtpd's SMTP server, configured for the three relay listeners.
+
+Owns: what aiosmtpd does not do the way a mail relay must.
+
+- **DSN parameters** (RFC 3461 §4): aiosmtpd refuses unknown ``MAIL``/``RCPT``
+  parameters and upper-cases the ones it keeps. ``ENVID``/``RET`` and
+  ``NOTIFY``/``ORCPT`` are taken out of the command here, validated, decoded
+  from xtext with their case kept, and left on the server for the handler.
+- **Enhanced status codes** (RFC 2034, RFC 3463) on aiosmtpd's own replies,
+  which mostly lack them (``503 Error: need MAIL command``).
+- **Connection identity**: one ``cid`` per connection that survives STARTTLS
+  (aiosmtpd makes a new ``Session`` after the handshake).
+
+The wire itself stays aiosmtpd's: we never re-parse SMTP.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
+
+if TYPE_CHECKING:
+    import asyncio
+    import ssl
+
+    from relay.policy import Channel, SenderFacts
+
+
+# RFC 3461 §4.2: ENVID at most 100 characters.
+MAX_ENVID_LENGTH: Final = 100
+NOTIFY_VALUES: Final = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+_ENHANCED: Final = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}( |$)")
+# RFC 3463 codes for aiosmtpd's replies that carry none, by reply code.
+_DEFAULT_STATUS: Final = {
+    221: "2.0.0",
+    235: "2.7.0",
+    250: "2.0.0",
+    421: "4.3.0",
+    451: "4.3.0",
+    452: "4.3.1",
+    500: "5.5.2",
+    501: "5.5.4",
+    502: "5.5.1",
+    503: "5.5.1",
+    504: "5.5.4",
+    530: "5.7.0",
+    535: "5.7.8",
+    550: "5.0.0",
+    552: "5.3.4",
+    553: "5.1.3",
+    554: "5.7.0",
+    555: "5.5.4",
+}
+
+
+def xtext_decode(value: str) -> str:
+    """RFC 3461 §4: ``+XX`` is the byte with hex value XX."""
+    out = []
+    i = 0
+    while i < len(value):
+        c = value[i]
+        if c == "+":
+            hex_digits = value[i + 1 : i + 3]
+            if len(hex_digits) != 2 or not all(
+                h in "0123456789ABCDEFabcdef" for h in hex_digits
+            ):
+                raise ValueError("bad xtext escape")
+            out.append(chr(int(hex_digits, 16)))
+            i += 3
+        else:
+            if not 33 <= ord(c) <= 126 or c == "=":
+                raise ValueError("bad xtext character")
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def _split_params(arg: str, wanted: frozenset[str]) -> tuple[str, dict[str, str], str]:
+    """Remove ``wanted`` KEY=VALUE parameters from a MAIL/RCPT argument.
+
+    Returns the argument without them, the parameters taken (keys upper-cased,
+    values as sent) and an error text ("" when all is well).
+    """
+    end = arg.rfind(">")
+    head, tail = (arg[: end + 1], arg[end + 1 :]) if end >= 0 else (arg, "")
+    if end < 0:
+        first, _, rest = arg.partition(" ")
+        head, tail = first, rest
+    kept: list[str] = []
+    taken: dict[str, str] = {}
+    for token in tail.split():
+        key, _, value = token.partition("=")
+        if key.upper() in wanted:
+            if key.upper() in taken:
+                return arg, {}, f"501 5.5.4 Duplicate {key.upper()} parameter"
+            taken[key.upper()] = value
+        else:
+            kept.append(token)
+    return " ".join([head, *kept]), taken, ""
+
+
+@dataclass(frozen=True, slots=True)
+class MailDsn:
+    envid: str | None = None
+    ret: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RcptDsn:
+    notify: tuple[str, ...] = ()
+    orcpt: str | None = None
+
+
+class RelaySession(Session):
+    """aiosmtpd's session plus the facts the relay gathered about it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, cid: str) -> None:
+        super().__init__(loop)
+        self.cid = cid
+
+
+class RelayEnvelope(Envelope):
+    """aiosmtpd's envelope plus the transaction facts (reset by RSET and DATA)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dsn = MailDsn()
+        self.rcpt_dsn: dict[str, RcptDsn] = {}
+        self.sender_facts: SenderFacts | None = None
+        self.patient_recipients = 0
+        # Professional recipients of a patient's message, judged at DATA.
+        self.thread_checks: dict[str, Any] = {}
+        # Addresses established as usable by the account (envelope sender).
+        self.usable_from: set[str] = set()
+
+
+class RelaySMTP(SMTP):
+    """One SMTP connection on one of the relay's listeners."""
+
+    def __init__(
+        self,
+        handler: Any,  # noqa: ANN401 - aiosmtpd's own type
+        *,
+        channel: Channel,
+        implicit_tls: bool = False,
+        **kwargs: Any,  # noqa: ANN401 - passed to aiosmtpd.smtp.SMTP
+    ) -> None:
+        self.channel = channel
+        self.implicit_tls = implicit_tls
+        self.cid = secrets.token_hex(6)
+        self.pending_mail = MailDsn()
+        self.pending_rcpt = RcptDsn()
+        super().__init__(handler, **kwargs)
+
+    def _create_session(self) -> Session:
+        return RelaySession(self.loop, self.cid)
+
+    def _create_envelope(self) -> Envelope:
+        return RelayEnvelope()
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject | None:
+        transport = self.transport
+        if transport is None:
+            return None
+        obj: ssl.SSLObject | None = transport.get_extra_info("ssl_object")
+        return obj
+
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str):
+            await super().push(self._with_enhanced_code(status))
+        else:
+            await super().push(status)
+
+    def _with_enhanced_code(self, status: str) -> str:
+        code_text, sep, text = status.partition(" ")
+        if not sep or not code_text.isdigit() or _ENHANCED.match(text):
+            return status
+        code = int(code_text)
+        enhanced = _DEFAULT_STATUS.get(code)
+        # RFC 2034 §3: not on the greeting nor on HELO/EHLO replies.
+        if enhanced is None or text in {"HELP", self.hostname}:
+            return status
+        return f"{code} {enhanced} {text}"
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:  # noqa: N802 - aiosmtpd's name
+        self.pending_mail = MailDsn()
+        if arg is not None:
+            arg, params, error = _split_params(arg, frozenset({"ENVID", "RET"}))
+            if error:
+                await self.push(error)
+                return
+            ret = params.get("RET")
+            if ret is not None and ret.upper() not in {"FULL", "HDRS"}:
+                await self.push("501 5.5.4 RET must be FULL or HDRS (RFC 3461)")
+                return
+            envid = params.get("ENVID")
+            if envid is not None:
+                try:
+                    envid = xtext_decode(envid)
+                except ValueError:
+                    await self.push("501 5.5.4 ENVID is not valid xtext (RFC 3461)")
+                    return
+                if not envid or len(envid) > MAX_ENVID_LENGTH:
+                    await self.push("501 5.5.4 ENVID must be 1 to 100 characters")
+                    return
+            self.pending_mail = MailDsn(envid=envid, ret=ret.upper() if ret else None)
+        await super().smtp_MAIL(arg)
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:  # noqa: N802 - aiosmtpd's name
+        self.pending_rcpt = RcptDsn()
+        if arg is not None:
+            arg, params, error = _split_params(arg, frozenset({"NOTIFY", "ORCPT"}))
+            if error:
+                await self.push(error)
+                return
+            notify: tuple[str, ...] = ()
+            if "NOTIFY" in params:
+                notify = tuple(v.upper() for v in params["NOTIFY"].split(","))
+                if notify != ("NEVER",) and not (
+                    notify and set(notify) <= NOTIFY_VALUES
+                ):
+                    await self.push(
+                        "501 5.5.4 NOTIFY must be NEVER or SUCCESS, FAILURE, DELAY"
+                    )
+                    return
+            orcpt = params.get("ORCPT")
+            if orcpt is not None:
+                addr_type, sep, value = orcpt.partition(";")
+                try:
+                    orcpt = f"{addr_type.lower()};{xtext_decode(value)}"
+                except ValueError:
+                    orcpt = None
+                if not sep or orcpt is None:
+                    await self.push(
+                        "501 5.5.4 ORCPT must be addr-type;xtext (RFC 3461)"
+                    )
+                    return
+            self.pending_rcpt = RcptDsn(notify=notify, orcpt=orcpt)
+        await super().smtp_RCPT(arg)
