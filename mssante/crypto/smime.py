@@ -25,15 +25,23 @@ What must stay true:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import secrets
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
 from typing import TYPE_CHECKING, Final
 
 from mssante.crypto._errors import DecryptionError, MalformedError
+from mssante.crypto._mime import (
+    CRLF,
+    base64_lines,
+    canonicalize,
+    decode_body,
+    headers_of,
+    join_message,
+    mime_type,
+    split_header_block,
+    split_message,
+)
 from mssante.crypto.certs import Reason, SignerCredential, TrustStore
 from mssante.crypto.cms import (
     Recipient,
@@ -68,7 +76,6 @@ __all__ = [
     "verify",
 ]
 
-CRLF: Final = b"\r\n"
 MAX_LAYERS: Final = 4  # sign + encrypt + a triple wrap (RFC 8551 §3.7) + slack
 _SMIME_TYPES: Final = {
     "signed_data": b"signed-data",
@@ -108,99 +115,6 @@ class Unwrapped:
 # -- MIME plumbing ----------------------------------------------------------------
 
 
-def canonicalize(data: bytes) -> bytes:
-    """CRLF line ends everywhere (RFC 8551 §3.1.1, RFC 5322 §2.1)."""
-    return data.replace(CRLF, b"\n").replace(b"\n", CRLF)
-
-
-def _split_header_block(data: bytes) -> tuple[bytes, bytes]:
-    """Header block (without the blank line) and body."""
-    if data.startswith((CRLF, b"\n")):
-        return b"", data[2 if data.startswith(CRLF) else 1 :]
-    ends = [(i, sep) for sep in (b"\r\n\r\n", b"\n\n") if (i := data.find(sep)) >= 0]
-    if not ends:
-        return data, b""
-    index, sep = min(ends)
-    return data[:index], data[index + len(sep) :]
-
-
-def _fields(block: bytes) -> list[bytes]:
-    """Header fields, each with its folded continuation lines (RFC 5322 §2.2.3)."""
-    fields: list[bytes] = []
-    for line in canonicalize(block).split(CRLF):
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += CRLF + line
-        elif line:
-            fields.append(line)
-    return fields
-
-
-def _field_name(field: bytes) -> bytes:
-    name, sep, _ = field.partition(b":")
-    if not sep:
-        raise MalformedError("header line without a colon")
-    return name.strip().lower()
-
-
-def split_message(message: bytes) -> tuple[bytes, bytes]:
-    """Split a message into outer header fields and the MIME entity.
-
-    Returns:
-        ``(outer, entity)``: ``outer`` holds the non-``Content-*`` fields
-        (CRLF-terminated, ``MIME-Version`` dropped); ``entity`` holds the
-        ``Content-*`` fields, a blank line and the body, canonicalised.
-
-    Raises:
-        MalformedError: a header line without a colon.
-    """
-    block, body = _split_header_block(message)
-    outer: list[bytes] = []
-    inner: list[bytes] = []
-    for field in _fields(block):
-        name = _field_name(field)
-        if name.startswith(b"content-"):
-            inner.append(field)
-        elif name != b"mime-version":
-            outer.append(field)
-    head = b"".join(f + CRLF for f in outer)
-    entity = b"".join(f + CRLF for f in inner) + CRLF + canonicalize(body)
-    return head, entity
-
-
-def join_message(outer: bytes, entity: bytes) -> bytes:
-    """Put outer header fields back on an entity (inverse of split_message)."""
-    if not outer:
-        return entity
-    return outer + b"MIME-Version: 1.0" + CRLF + entity
-
-
-def _headers(block: bytes) -> Message:
-    return BytesHeaderParser().parsebytes(block + CRLF + CRLF)
-
-
-def _content_type(headers: Message) -> str:
-    if headers.get("content-type") is None:
-        return "text/plain"  # RFC 2045 §5.2 default
-    return headers.get_content_type()
-
-
-def _decode_body(headers: Message, body: bytes) -> bytes:
-    encoding = str(headers.get("content-transfer-encoding", "7bit")).strip().lower()
-    if encoding == "base64":
-        try:
-            return binascii.a2b_base64(body)
-        except binascii.Error as exc:
-            raise MalformedError(f"bad base64 body: {exc}") from exc
-    if encoding in {"7bit", "8bit", "binary"}:
-        return body
-    raise MalformedError(f"transfer encoding {encoding!r} not allowed for CMS")
-
-
-def _base64_lines(data: bytes) -> bytes:
-    # RFC 2045 §6.8: lines of at most 76 characters.
-    return base64.encodebytes(data).replace(b"\n", CRLF)
-
-
 def _pkcs7_mime(der: bytes) -> bytes:
     smime_type = _SMIME_TYPES[content_type_of(der)]
     # RFC 8551 §3.2.1-3.2.2: name and smime-type parameters.
@@ -214,24 +128,24 @@ def _pkcs7_mime(der: bytes) -> bytes:
         + b'Content-Disposition: attachment; filename="smime.p7m"'
         + CRLF
         + CRLF
-        + _base64_lines(der)
+        + base64_lines(der)
     )
 
 
 def kind_of(message: bytes) -> Kind:
     """The protection of the outermost layer; raises ``MalformedError``."""
     _, entity = split_message(message)
-    block, body = _split_header_block(entity)
-    return _kind(_headers(block), body)
+    block, body = split_header_block(entity)
+    return _kind(headers_of(block), body)
 
 
 def _kind(headers: Message, body: bytes) -> Kind:
-    content_type = _content_type(headers)
-    if content_type == "multipart/signed":
+    mime = mime_type(headers)
+    if mime == "multipart/signed":
         return Kind.SIGNED
-    if content_type not in _PKCS7_MIME:
+    if mime not in _PKCS7_MIME:
         return Kind.PLAIN
-    cms_type = content_type_of(_decode_body(headers, body))
+    cms_type = content_type_of(decode_body(headers, body))
     return {
         "signed_data": Kind.SIGNED_OPAQUE,
         "enveloped_data": Kind.ENVELOPED,
@@ -257,11 +171,11 @@ def _signed_parts(headers: Message, body: bytes) -> tuple[bytes, bytes]:
         parts.append(part)
     # RFC 1847 §2.1: the first part is the signed content, as is.
     signed, signature_entity = parts
-    sig_block, sig_body = _split_header_block(signature_entity)
-    sig_headers = _headers(sig_block)
-    if _content_type(sig_headers) not in _PKCS7_SIG:
+    sig_block, sig_body = split_header_block(signature_entity)
+    sig_headers = headers_of(sig_block)
+    if mime_type(sig_headers) not in _PKCS7_SIG:
         raise MalformedError("second part is not application/pkcs7-signature")
-    return signed, _decode_body(sig_headers, sig_body)
+    return signed, decode_body(sig_headers, sig_body)
 
 
 # -- public operations ----------------------------------------------------------
@@ -321,7 +235,7 @@ def sign(
         + b'Content-Disposition: attachment; filename="smime.p7s"'
         + CRLF
         + CRLF
-        + _base64_lines(der)
+        + base64_lines(der)
         + CRLF
         + b"--"
         + boundary
@@ -377,8 +291,8 @@ def verify(
     """
     try:
         _, entity = split_message(message)
-        block, body = _split_header_block(entity)
-        headers = _headers(block)
+        block, body = split_header_block(entity)
+        headers = headers_of(block)
         kind = _kind(headers, body)
         if kind is Kind.SIGNED:
             content, der = _signed_parts(headers, body)
@@ -392,7 +306,7 @@ def verify(
             )
         if kind is Kind.SIGNED_OPAQUE:
             return verify_signed_data(
-                _decode_body(headers, body),
+                decode_body(headers, body),
                 trust,
                 at=at,
                 sender=sender,
@@ -412,11 +326,11 @@ def decrypt(message: bytes, recipient: SignerCredential) -> bytes:
         UnsupportedError: an algorithm outside the profile.
     """
     outer, entity = split_message(message)
-    block, body = _split_header_block(entity)
-    headers = _headers(block)
+    block, body = split_header_block(entity)
+    headers = headers_of(block)
     if _kind(headers, body) not in {Kind.ENVELOPED, Kind.AUTH_ENVELOPED}:
         raise MalformedError("not an S/MIME envelope")
-    inner = decrypt_envelope(_decode_body(headers, body), recipient)
+    inner = decrypt_envelope(decode_body(headers, body), recipient)
     return join_message(outer, inner)
 
 
@@ -444,8 +358,8 @@ def unwrap(
     encrypted = False
     verification: Verification | None = None
     for _ in range(MAX_LAYERS):
-        block, body = _split_header_block(entity)
-        headers = _headers(block)
+        block, body = split_header_block(entity)
+        headers = headers_of(block)
         kind = _kind(headers, body)
         if kind is Kind.PLAIN:
             return Unwrapped(join_message(outer, entity), encrypted, verification)
@@ -453,7 +367,7 @@ def unwrap(
             if recipient is None:
                 raise DecryptionError("encrypted message and no key to open it")
             entity = canonicalize(
-                decrypt_envelope(_decode_body(headers, body), recipient)
+                decrypt_envelope(decode_body(headers, body), recipient)
             )
             encrypted = True
             continue
