@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import secrets
 from email.parser import BytesHeaderParser
 from typing import TYPE_CHECKING, Final
 
@@ -113,3 +114,30 @@ def decode_body(headers: Message, body: bytes) -> bytes:
 def base64_lines(data: bytes) -> bytes:
     # RFC 2045 §6.8: lines of at most 76 characters.
     return base64.encodebytes(data).replace(b"\n", CRLF)
+
+
+def two_parts(headers: Message, body: bytes) -> tuple[bytes, bytes]:
+    """The two body parts of a multipart/signed or multipart/encrypted body.
+
+    RFC 1847 §2.1, §2.2: exactly two parts. Raises ``MalformedError``.
+    """
+    boundary = headers.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        raise MalformedError("multipart without a boundary")
+    delimiter = CRLF + b"--" + boundary.encode("ascii", "surrogateescape")
+    # RFC 2046 §5.1.1: the CRLF before "--boundary" belongs to the delimiter.
+    pieces = (CRLF + canonicalize(body)).split(delimiter)
+    if len(pieces) < 4 or not pieces[3].startswith(b"--"):
+        raise MalformedError("multipart needs exactly two body parts")
+    parts = []
+    for piece in pieces[1:3]:
+        padding, sep, part = piece.partition(CRLF)
+        if not sep or padding.strip(b" \t"):
+            raise MalformedError("bad multipart boundary line")
+        parts.append(part)
+    return parts[0], parts[1]
+
+
+def new_boundary() -> bytes:
+    """A boundary no content will contain (RFC 2046 §5.1.1: up to 70 chars)."""
+    return b"----=_mssante_" + secrets.token_hex(16).encode("ascii")

@@ -26,7 +26,6 @@ What must stay true:
 from __future__ import annotations
 
 import enum
-import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -39,8 +38,10 @@ from mssante.crypto._mime import (
     headers_of,
     join_message,
     mime_type,
+    new_boundary,
     split_header_block,
     split_message,
+    two_parts,
 )
 from mssante.crypto.certs import Reason, SignerCredential, TrustStore
 from mssante.crypto.cms import (
@@ -155,22 +156,8 @@ def _kind(headers: Message, body: bytes) -> Kind:
 
 def _signed_parts(headers: Message, body: bytes) -> tuple[bytes, bytes]:
     """The signed entity and the DER signature of a multipart/signed body."""
-    boundary = headers.get_param("boundary")
-    if not isinstance(boundary, str) or not boundary:
-        raise MalformedError("multipart/signed without a boundary")
-    delimiter = CRLF + b"--" + boundary.encode("ascii", "surrogateescape")
-    # RFC 2046 §5.1.1: the CRLF before "--boundary" belongs to the delimiter.
-    pieces = (CRLF + canonicalize(body)).split(delimiter)
-    if len(pieces) < 4 or not pieces[3].startswith(b"--"):
-        raise MalformedError("multipart/signed needs exactly two body parts")
-    parts = []
-    for piece in pieces[1:3]:
-        padding, sep, part = piece.partition(CRLF)
-        if not sep or padding.strip(b" \t"):
-            raise MalformedError("bad multipart boundary line")
-        parts.append(part)
     # RFC 1847 §2.1: the first part is the signed content, as is.
-    signed, signature_entity = parts
+    signed, signature_entity = two_parts(headers, body)
     sig_block, sig_body = split_header_block(signature_entity)
     sig_headers = headers_of(sig_block)
     if mime_type(sig_headers) not in _PKCS7_SIG:
@@ -207,7 +194,7 @@ def sign(
         der = sign_data(entity, signer, at=at, detached=False, scheme=scheme)
         return join_message(outer, _pkcs7_mime(der))
     der = sign_data(entity, signer, at=at, detached=True, scheme=scheme)
-    boundary = b"----=_mssante_" + secrets.token_hex(16).encode("ascii")
+    boundary = new_boundary()
     # RFC 8551 §3.5.3.2: micalg for SHA-256 is "sha-256".
     signed = (
         b'Content-Type: multipart/signed; protocol="application/pkcs7-signature";'
