@@ -128,7 +128,8 @@ def compose_message(
     if now.tzinfo is None:
         raise InvalidFieldError("now", "needs a time zone")
     _check_msg_id("message_id", message_id)
-    msg = EmailMessage(policy=email.policy.SMTP)
+    # MIMEPart, not EmailMessage: parts carry no MIME-Version of their own.
+    msg = MIMEPart(policy=email.policy.SMTP)
     msg["From"] = Address(
         display_name=report.sender_name or "", addr_spec=report.sender
     )
@@ -155,6 +156,7 @@ def compose_message(
     if report.read_receipt:
         # RFC 8098 §2.1: the address the MDN goes to.
         msg["Disposition-Notification-To"] = report.sender
+    msg["MIME-Version"] = "1.0"
     msg.set_content(report.body, charset="utf-8", cte="quoted-printable")
     if cdas:
         zip_bytes = build_xdm(
