@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from directory.importers import ImportReport, import_file, import_whitelist
+from relay.audit import AuditEvent
 
 if TYPE_CHECKING:
     import argparse
@@ -61,6 +62,12 @@ async def run_import(
 ) -> int:
     if fmt == "whitelist":
         result = await import_whitelist(d, args.file, expected_sha256=args.sha256)
+        whitelist = result.to_record()
+        ctx.audit(
+            AuditEvent.WHITELIST_IMPORTED,
+            actor="cli",
+            **{k: v for k, v in whitelist.items() if k != "rejects"},
+        )
         ctx.emit(result.to_record(), result.describe())
         return 0
     show_progress = sys.stderr.isatty() and not args.no_progress and not ctx.as_json
@@ -84,5 +91,22 @@ async def run_import(
         )
     finally:
         bar.close()
+    ctx.audit(
+        AuditEvent.DIRECTORY_IMPORTED,
+        actor="cli",
+        source=report.source,
+        run_id=report.run_id,
+        rows=report.rows,
+        rejected=report.rejected,
+        kinds={
+            kind.value: {
+                "added": k.counts.added,
+                "updated": k.counts.updated,
+                "unchanged": k.counts.unchanged,
+                "suspended": k.suspended,
+            }
+            for kind, k in report.kinds.items()
+        },
+    )
     ctx.emit(_report_record(report), _report_text(report))
     return 0

@@ -26,7 +26,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
-from cli import output
+from cli import accounts, output
+from cli import audit as audit_cli
 from directory import identifiers as ids
 from directory.certs import check_for_mailbox
 from directory.config import Backend, DirectoryConfig, open_directory
@@ -61,7 +62,12 @@ from directory.model import (
     kind_of,
     to_record,
 )
+from relay.accounts import AccountError, AccountExistsError, AccountNotFoundError
+from relay.app import RelayError, load_master_key
+from relay.audit import AUDIT_FILE_NAME, AuditError, AuditEvent, AuditTrail
 from relay.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load
+from relay.store import StoreError
+from relay.tls import TlsConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -84,6 +90,20 @@ class Context:
     directory_config: DirectoryConfig
     as_json: bool
     out: IO[str]
+
+    def audit_key(self) -> bytes:
+        """The audit trail's key, from the relay's master key."""
+        return load_master_key(self.config).derive("audit")
+
+    def audit(self, event: AuditEvent, **fields: object) -> None:
+        """Record an admin action in the relay's audit trail."""
+        trail = AuditTrail(
+            self.config.relay.data_dir / AUDIT_FILE_NAME, self.audit_key()
+        )
+        try:
+            trail.emit(event, **fields)
+        finally:
+            trail.close()
 
     def emit(self, value: Any, human: str) -> None:  # noqa: ANN401 - any JSON value
         if self.as_json:
@@ -307,6 +327,13 @@ async def cmd_attach_certificate(
     kept = tuple(c for c in mailbox.certificates if c.fingerprint != cert.fingerprint)
     updated = dataclasses.replace(mailbox, certificates=(*kept, cert))
     await d.replace(updated)
+    ctx.audit(
+        AuditEvent.DIRECTORY_CHANGED,
+        actor="cli",
+        mailbox=mailbox.address,
+        action="certificate attached",
+        fingerprint=cert.fingerprint,
+    )
     ctx.emit(
         {
             "mailbox": mailbox.address,
@@ -341,6 +368,13 @@ async def _set_status(
             kind.value, key_of(entry), "status (revoked is final)"
         )
     updated = await d.set_status(kind_of(entry), key_of(entry), status)
+    ctx.audit(
+        AuditEvent.DIRECTORY_CHANGED,
+        actor="cli",
+        kind=kind_of(entry).value,
+        target=key_of(entry),
+        action=f"status {updated.status.value}",
+    )
     ctx.emit(
         to_record(updated),
         f"{kind_of(entry).value} {key_of(entry)}: {updated.status.value}",
@@ -381,6 +415,13 @@ async def cmd_export(ctx: Context, d: Directory, a: argparse.Namespace) -> int:
 
 
 def _added(ctx: Context, entry: Entry) -> int:
+    ctx.audit(
+        AuditEvent.DIRECTORY_CHANGED,
+        actor="cli",
+        kind=kind_of(entry).value,
+        target=key_of(entry),
+        action="added",
+    )
     ctx.emit(to_record(entry), f"added {kind_of(entry).value} {key_of(entry)}")
     return EXIT_OK
 
@@ -414,6 +455,14 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="load the demo directory and show how to browse it"
     )
     demo.set_defaults(handler="demo")
+
+    demo.add_argument(
+        "--no-serve", action="store_true", help="load the demo data and exit"
+    )
+    serve = top.add_parser("serve", help="run the relay")
+    serve.set_defaults(handler="serve")
+    accounts.add_parser(top)
+    audit_cli.add_parser(top)
 
     dirp = top.add_parser("directory", help="manage the trust directory")
     sub = dirp.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
@@ -586,7 +635,18 @@ async def _run(args: argparse.Namespace, ctx: Context) -> int:
     if handler == "demo":
         from cli.demo import run_demo
 
-        return await run_demo(ctx.directory_config, ctx.config, ctx.out)
+        return await run_demo(
+            ctx.directory_config, ctx.config, ctx.out, serve=not args.no_serve
+        )
+    if handler == "serve":
+        from cli.serve import serve
+
+        config = dataclasses.replace(ctx.config, directory=ctx.directory_config)
+        return await serve(config, ctx.out)
+    if handler == "account":
+        return accounts.run_account(ctx, args)
+    if handler == "audit":
+        return audit_cli.run_audit(ctx, args)
     d = await open_directory(ctx.directory_config)
     try:
         if isinstance(handler, str) and handler.startswith("import:"):
@@ -618,10 +678,21 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
         ImportFileError,
         UsageError,
         ConfigError,
+        TlsConfigError,
         ValueError,
     ) as exc:
         return _fail(exc, EXIT_INVALID)
-    except (EntryExistsError, EntryNotFoundError, ImmutableFieldError) as exc:
+    except (
+        EntryExistsError,
+        EntryNotFoundError,
+        ImmutableFieldError,
+        AccountExistsError,
+        AccountNotFoundError,
+    ) as exc:
+        return _fail(exc, EXIT_REFUSED)
+    except AccountError as exc:
+        return _fail(exc, EXIT_INVALID)
+    except (RelayError, StoreError, AuditError) as exc:
         return _fail(exc, EXIT_REFUSED)
     except DirectoryUnavailableError as exc:
         return _fail(exc, EXIT_TEMPFAIL)

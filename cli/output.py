@@ -58,20 +58,29 @@ def _cell(text: str) -> str:
     return text if len(text) <= _MAX_CELL else text[: _MAX_CELL - 1] + "…"
 
 
+def columns(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+    """A fixed-width table; the last column is not padded."""
+    table_rows = [tuple(header), *(tuple(r) for r in rows)]
+    last = len(header) - 1
+    widths = [max(len(r[i]) for r in table_rows) for i in range(last)]
+    lines = [
+        "  ".join([*(r[i].ljust(widths[i]) for i in range(last)), r[last]])
+        for r in table_rows
+    ]
+    return "\n".join(line.rstrip() for line in lines)
+
+
 def table(entries: Sequence[Entry]) -> str:
     """A fixed-width table: kind, key, status, summary."""
     if not entries:
         return "no entries found"
-    rows = [("KIND", "KEY", "STATUS", "DESCRIPTION")]
-    rows += [
-        (kind_of(e).value, key_of(e), e.status.value, _cell(summary(e)))
-        for e in entries
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = [
-        "  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows
-    ]
-    return "\n".join(line.rstrip() for line in lines)
+    return columns(
+        [
+            (kind_of(e).value, key_of(e), e.status.value, _cell(summary(e)))
+            for e in entries
+        ],
+        ("KIND", "KEY", "STATUS", "DESCRIPTION"),
+    )
 
 
 def describe(entry: Entry) -> str:

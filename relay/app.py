@@ -18,7 +18,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from directory.config import open_directory
 from relay import policy
@@ -64,6 +64,19 @@ class RunningRelay:
     servers: list[asyncio.Server] = field(default_factory=list)
 
 
+def load_master_key(cfg: Config) -> MasterKey:
+    """The master key; created at the default place on first use (zero setup).
+
+    A key file named in the config (``relay.master_key_file``) must exist: a
+    production relay never invents its key.
+    """
+    path = cfg.master_key_file
+    if cfg.relay.master_key_file is None and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return MasterKey.generate(path)
+    return MasterKey.load(path)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -104,7 +117,7 @@ async def run_relay(
         raise RelayError("tls: the [tls] table is required to serve")
     data_dir = cfg.relay.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    master = MasterKey.load(cfg.master_key_file)
+    master = load_master_key(cfg)
     async with contextlib.AsyncExitStack() as stack:
         directory = await open_directory(cfg.directory)
         stack.push_async_callback(directory.close)
@@ -147,8 +160,13 @@ async def run_relay(
         )
         handler = RelayHandler(ctx)
         plain_ctx = server_context(cfg.tls, ask_client_certificate=False)
+        mx_ctx = (
+            server_context(cfg.tls, ask_client_certificate=True)
+            if cfg.smtp.mx.enabled
+            else None
+        )
         smtp = cfg.smtp
-        common = {
+        common: dict[str, Any] = {
             "hostname": cfg.relay.hostname,
             "data_size_limit": cfg.relay.max_message_size,
             "enable_SMTPUTF8": True,
@@ -195,13 +213,14 @@ async def run_relay(
             spool=spool,
             delivery=delivery,
         )
-        listeners: list[tuple[str, Listener, Callable[[], RelaySMTP], ssl.SSLContext | None]] = []
+        listeners: list[
+            tuple[str, Listener, Callable[[], RelaySMTP], ssl.SSLContext | None]
+        ] = []
         if smtp.submission.enabled:
             listeners.append(("submission", smtp.submission, submission, None))
         if smtp.submissions.enabled:
             listeners.append(("submissions", smtp.submissions, submissions, plain_ctx))
         if smtp.mx.enabled:
-            mx_ctx = server_context(cfg.tls, ask_client_certificate=True)
             listeners.append(("mx", smtp.mx, mx, None))
         for name, listener, factory, implicit in listeners:
             server = await _listen(name, listener, factory, implicit)
@@ -220,5 +239,5 @@ async def run_relay(
                 server.close()
             for server in running.servers:
                 await server.wait_closed()
-            await delivery.drain(drain_timeout)
+            await delivery.drain(within=drain_timeout)
             audit.emit(AuditEvent.RELAY_STOPPED)

@@ -60,9 +60,6 @@ class RelaySettings:
     def patient_domain(self) -> str:
         return f"patient.{self.domain}"
 
-    def is_local(self, domain: str) -> bool:
-        return domain.lower() in self.local_domains
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Listener:

@@ -185,7 +185,15 @@ class LocalDomains:
     patient_domain: str  # patient.<domain>
 
     def is_local(self, address: str) -> bool:
-        return _domain(address) in self.domains
+        """Whether the relay holds mailboxes of this address's domain.
+
+        An entry starting with a dot (``.mssante.fr``) matches every
+        subdomain, as Postfix's ``parent_domain_matches_subdomains`` does.
+        """
+        domain = _domain(address)
+        if domain in self.domains:
+            return True
+        return any(d.startswith(".") and domain.endswith(d) for d in self.domains)
 
     def is_patient_address(self, address: str) -> bool:
         return _domain(address) == self.patient_domain

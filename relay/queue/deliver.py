@@ -88,10 +88,10 @@ class LocalDelivery:
             for n in range(self._workers)
         ]
 
-    async def drain(self, timeout: float) -> bool:
-        """Wait until the queue is empty; True if it emptied within ``timeout``."""
+    async def drain(self, *, within: float) -> bool:
+        """Wait until the queue is empty; True if it emptied ``within`` seconds."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 await self._queue.join()
         except TimeoutError:
             return False

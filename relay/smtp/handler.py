@@ -18,7 +18,6 @@ import email.policy
 import email.utils
 from base64 import b64decode
 from dataclasses import dataclass
-from datetime import datetime
 from email.parser import BytesHeaderParser
 from typing import TYPE_CHECKING, Final
 
@@ -35,6 +34,7 @@ from relay.tls import describe, peer_certificate
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from datetime import datetime
     from email.message import Message
 
     from aiosmtpd.smtp import Session
