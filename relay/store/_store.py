@@ -371,6 +371,7 @@ class MailStore:
         except BlockingIOError as exc:
             os.close(lock_fd)
             raise StoreLockedError(root) from exc
+        db: sqlite3.Connection | None = None
         try:
             db = cls._connect(root / INDEX_FILENAME)
             store = cls(
@@ -378,6 +379,8 @@ class MailStore:
             )
             store._start()
         except BaseException:
+            if db is not None:
+                db.close()
             os.close(lock_fd)
             raise
         return store
