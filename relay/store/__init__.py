@@ -37,6 +37,8 @@ from relay.store._store import (
     canonical_folder,
 )
 from relay.store._structure import (
+    MAX_DEPTH,
+    MAX_PARTS,
     Address,
     BodyPart,
     Envelope,
@@ -47,6 +49,8 @@ from relay.store._structure import (
 __all__ = [
     "DEFAULT_FOLDERS",
     "HIERARCHY_DELIMITER",
+    "MAX_DEPTH",
+    "MAX_PARTS",
     "SYSTEM_FLAGS",
     "Address",
     "AppendResult",
