@@ -428,14 +428,17 @@ class Report:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         # Canonical form, so that a parsed message equals the report composed:
         # CDA documents first (they travel in IHE_XDM.ZIP, the first
-        # attachment), LF line ends, a final newline on a non-empty body.
+        # attachment), LF line ends, a final newline on a body that is not blank
+        # (a blank body is empty).
         object.__setattr__(
             self,
             "documents",
             tuple(sorted(self.documents, key=lambda d: d.kind is not DocumentKind.CDA)),
         )
         body = self.body.replace("\r\n", "\n").replace("\r", "\n")
-        if body and not body.endswith("\n"):
+        if not body.strip("\n"):
+            body = ""
+        elif not body.endswith("\n"):
             body += "\n"
         object.__setattr__(self, "body", body)
         if not self.to:
