@@ -124,7 +124,11 @@ def two_parts(headers: Message, body: bytes) -> tuple[bytes, bytes]:
     boundary = headers.get_param("boundary")
     if not isinstance(boundary, str) or not boundary:
         raise MalformedError("multipart without a boundary")
-    delimiter = CRLF + b"--" + boundary.encode("ascii", "surrogateescape")
+    try:
+        # RFC 2046 §5.1.1: boundary characters are a subset of ASCII.
+        delimiter = CRLF + b"--" + boundary.encode("ascii")
+    except UnicodeEncodeError as exc:
+        raise MalformedError("boundary is not ASCII") from exc
     # RFC 2046 §5.1.1: the CRLF before "--boundary" belongs to the delimiter.
     pieces = (CRLF + canonicalize(body)).split(delimiter)
     if len(pieces) < 4 or not pieces[3].startswith(b"--"):

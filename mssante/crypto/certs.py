@@ -149,7 +149,7 @@ def load_certificate(data: bytes) -> x509.Certificate:
         if PEM_CERT_MARKER in data:
             return x509.load_pem_x509_certificate(data)
         return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise MalformedError(f"not a certificate: {exc}") from exc
 
 

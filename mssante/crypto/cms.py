@@ -38,14 +38,19 @@ from typing import TYPE_CHECKING, Final
 from asn1crypto import algos, cms, core
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, padding, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from mssante.crypto._errors import DecryptionError, MalformedError, UnsupportedError
+from mssante.crypto._errors import (
+    CryptoError,
+    DecryptionError,
+    MalformedError,
+    UnsupportedError,
+)
 from mssante.crypto.certs import (
     Reason,
     SignerCredential,
@@ -79,6 +84,16 @@ _DIGESTS: Final[dict[str, hashes.HashAlgorithm]] = {
     "sha384": hashes.SHA384(),
     "sha512": hashes.SHA512(),
 }
+# What asn1crypto and cryptography raise on malformed input, parsed lazily.
+_PARSE_ERRORS: Final = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    OverflowError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+)
 _CONTENT_TYPES: Final = frozenset(
     {"signed_data", "enveloped_data", "authenticated_enveloped_data"}
 )
@@ -153,7 +168,7 @@ def _load_content_info(blob: bytes) -> cms.ContentInfo:
             raise MalformedError(f"CMS content type {content_type!r} not handled")
     except MalformedError:
         raise
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+    except _PARSE_ERRORS as exc:
         raise MalformedError(f"not a CMS ContentInfo: {exc}") from exc
     return info
 
@@ -390,6 +405,28 @@ def verify_signed_data(
         (ADDRESS_MISMATCH).
     """
     try:
+        return _verify_signed_data(
+            blob,
+            trust,
+            at=at,
+            content=content,
+            sender=sender,
+            certificates=certificates,
+        )
+    except (*_PARSE_ERRORS, CryptoError) as exc:  # lazily parsed fields
+        return Verification(Reason.MALFORMED, f"bad SignedData: {exc}")
+
+
+def _verify_signed_data(
+    blob: bytes,
+    trust: TrustStore,
+    *,
+    at: datetime,
+    content: bytes | None = None,
+    sender: str | None = None,
+    certificates: Sequence[x509.Certificate] = (),
+) -> Verification:
+    try:
         info = _load_content_info(blob)
         if info["content_type"].native != "signed_data":
             return Verification(Reason.MALFORMED, "not a SignedData")
@@ -421,7 +458,7 @@ def verify_signed_data(
         to_verify = signer_info["signed_attrs"].untag().dump() if has_attrs else None
     except MalformedError as exc:
         return Verification(Reason.MALFORMED, str(exc))
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+    except _PARSE_ERRORS as exc:
         return Verification(Reason.MALFORMED, f"bad SignedData: {exc}")
     assert isinstance(content, bytes)  # noqa: S101 - narrowed above
     result = Verification(Reason.VALID, "", content, signer, signing_time)
@@ -583,33 +620,41 @@ def encrypt_envelope(
     return dumped
 
 
-def _unwrap_key(ktri: cms.KeyTransRecipientInfo, key: rsa.RSAPrivateKey) -> bytes:
-    alg = ktri["key_encryption_algorithm"]
-    encrypted = ktri["encrypted_key"].native
-    name = alg["algorithm"].native
+def _key_transport_padding(
+    ktri: cms.KeyTransRecipientInfo,
+) -> tuple[bytes, asym_padding.AsymmetricPadding]:
+    """The encrypted key and its padding; raises MalformedError/UnsupportedError."""
     try:
-        if name == "rsaes_oaep":
-            params = alg["parameters"]
-            oaep_hash = params["hash_algorithm"]["algorithm"].native
-            mgf_hash = params["mask_gen_algorithm"]["parameters"]["algorithm"].native
-            # RFC 8017 §A.2.1: SHA-1 is OAEP's default (older peers send it);
-            # it is safe inside OAEP, unlike in signatures.
-            digests = {**_DIGESTS, "sha1": hashes.SHA1()}  # noqa: S303
-            if oaep_hash not in digests or mgf_hash not in digests:
-                raise UnsupportedError(f"OAEP with {oaep_hash}")
-            return key.decrypt(
-                encrypted,
-                asym_padding.OAEP(
-                    mgf=asym_padding.MGF1(digests[mgf_hash]),
-                    algorithm=digests[oaep_hash],
-                    label=None,
-                ),
-            )
+        alg = ktri["key_encryption_algorithm"]
+        encrypted: bytes = ktri["encrypted_key"].native
+        name = alg["algorithm"].native
         if name == "rsaes_pkcs1v15":
-            return key.decrypt(encrypted, asym_padding.PKCS1v15())
+            return encrypted, asym_padding.PKCS1v15()
+        if name != "rsaes_oaep":
+            raise UnsupportedError(f"key transport {name} outside the profile")
+        params = alg["parameters"]
+        oaep_hash = params["hash_algorithm"]["algorithm"].native
+        mgf_hash = params["mask_gen_algorithm"]["parameters"]["algorithm"].native
+    except _PARSE_ERRORS as exc:
+        raise MalformedError(f"bad recipient info: {exc}") from exc
+    # RFC 8017 §A.2.1: SHA-1 is OAEP's default (older peers send it); it is
+    # safe inside OAEP, unlike in signatures.
+    digests = {**_DIGESTS, "sha1": hashes.SHA1()}  # noqa: S303
+    if oaep_hash not in digests or mgf_hash not in digests:
+        raise UnsupportedError(f"OAEP with {oaep_hash}/{mgf_hash}")
+    return encrypted, asym_padding.OAEP(
+        mgf=asym_padding.MGF1(digests[mgf_hash]),
+        algorithm=digests[oaep_hash],
+        label=None,
+    )
+
+
+def _unwrap_key(ktri: cms.KeyTransRecipientInfo, key: rsa.RSAPrivateKey) -> bytes:
+    encrypted, pad = _key_transport_padding(ktri)
+    try:
+        return key.decrypt(encrypted, pad)
     except ValueError as exc:
         raise DecryptionError("cannot decrypt the message") from exc
-    raise UnsupportedError(f"key transport {name} outside the profile")
 
 
 def decrypt_envelope(blob: bytes, recipient: SignerCredential) -> bytes:
@@ -667,7 +712,7 @@ def decrypt_envelope(blob: bytes, recipient: SignerCredential) -> bytes:
             iv = alg["parameters"].native
     except (DecryptionError, MalformedError):
         raise
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+    except _PARSE_ERRORS as exc:
         raise MalformedError(f"bad envelope: {exc}") from exc
     cek = _unwrap_key(ktri, key)
     if authenticated:
