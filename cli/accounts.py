@@ -52,8 +52,7 @@ def _row(account: Account) -> dict[str, object]:
 
 def run_account(ctx: Context, args: argparse.Namespace) -> int:
     """Run one ``account`` subcommand; returns the exit status."""
-    data_dir = ctx.config.relay.data_dir
-    store = AccountStore.open(data_dir)
+    store = AccountStore.for_config(ctx.config)
     try:
         return _dispatch(ctx, store, args)
     finally:

@@ -193,7 +193,7 @@ def ensure_demo_accounts(config: Config, patient: str) -> dict[str, str]:
         for line in saved.read_text(encoding="utf-8").splitlines():
             login, _, secret = line.partition(" ")
             passwords[login] = secret
-    store = AccountStore.open(data_dir)
+    store = AccountStore.for_config(config)
     try:
         for login, kind, mailbox in _demo_accounts(config, patient):
             if store.get(login) is not None and login in passwords:

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from pathlib import Path
 
+    from relay.config import Config
+
 ACCOUNTS_FILE_NAME: Final = "accounts.sqlite3"
 # The seed policy (issue 6 refines it): 12 characters mixing letters, digits
 # and symbols, not containing the login.
@@ -125,6 +127,17 @@ class AccountStore:
     @classmethod
     def open(cls, data_dir: Path, hasher: PasswordHasher | None = None) -> AccountStore:
         return cls(data_dir / ACCOUNTS_FILE_NAME, hasher)
+
+    @classmethod
+    def for_config(cls, cfg: Config) -> AccountStore:
+        """The store of ``cfg``'s data directory, hashing with its argon2 costs."""
+        auth = cfg.auth
+        hasher = PasswordHasher(
+            time_cost=auth.argon2_time_cost,
+            memory_cost=auth.argon2_memory_kib,
+            parallelism=auth.argon2_parallelism,
+        )
+        return cls.open(cfg.relay.data_dir, hasher)
 
     def close(self) -> None:
         with self._lock:

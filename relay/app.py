@@ -121,7 +121,7 @@ async def run_relay(
     async with contextlib.AsyncExitStack() as stack:
         directory = await open_directory(cfg.directory)
         stack.push_async_callback(directory.close)
-        accounts = AccountStore.open(data_dir)
+        accounts = AccountStore.for_config(cfg)
         stack.callback(accounts.close)
         audit = AuditTrail(data_dir / AUDIT_FILE_NAME, master.derive("audit"))
         stack.callback(audit.close)

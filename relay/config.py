@@ -88,6 +88,12 @@ class AuthSettings:
     max_failures: int = DEFAULT_AUTH_MAX_FAILURES
     max_failures_per_peer: int = DEFAULT_AUTH_MAX_FAILURES_PER_PEER
     lockout: float = DEFAULT_AUTH_LOCKOUT
+    # argon2id cost of new password hashes (RFC 9106 §4 second recommended
+    # option is t=3, m=64 MiB, p=4: argon2-cffi's defaults). Existing hashes
+    # are upgraded at the next successful login.
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+    argon2_parallelism: int = 4
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -311,6 +317,9 @@ def _auth(t: _Table | None) -> AuthSettings:
             "max_failures_per_peer", DEFAULT_AUTH_MAX_FAILURES_PER_PEER, minimum=1
         ),
         lockout=t.number("lockout", DEFAULT_AUTH_LOCKOUT),
+        argon2_time_cost=t.integer("argon2_time_cost", 3, minimum=1),
+        argon2_memory_kib=t.integer("argon2_memory_kib", 65536, minimum=8),
+        argon2_parallelism=t.integer("argon2_parallelism", 4, minimum=1),
     )
     t.done()
     return settings

@@ -72,9 +72,22 @@ class HandlerContext:
     clock: Callable[[], datetime]
 
 
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """What a successful AUTH leaves in ``session.auth_data``.
+
+    A wrapper, not the account itself: aiosmtpd copies an attribute named
+    ``login`` into its deprecated ``login_data``.
+    """
+
+    account: Account
+
+
 def _session_account(session: Session) -> Account | None:
     data: object = session.auth_data
-    return data if session.authenticated and isinstance(data, Account) else None
+    if session.authenticated and isinstance(data, Authenticated):
+        return data.account
+    return None
 
 
 def _peer_ip(session: Session) -> str:
@@ -232,7 +245,7 @@ class RelayHandler:
             mechanism=mechanism,
             tls=describe(server.ssl_object),
         )
-        return AuthResult(success=True, auth_data=account)
+        return AuthResult(success=True, auth_data=Authenticated(account))
 
     # -- MAIL FROM -----------------------------------------------------------
 
@@ -256,9 +269,7 @@ class RelayHandler:
         self, server: RelaySMTP, session: Session
     ) -> policy.SessionFacts:
         if server.channel is policy.Channel.SUBMISSION:
-            account: Account | None = (
-                session.auth_data if session.authenticated else None
-            )
+            account = _session_account(session)
             return policy.SessionFacts(
                 channel=server.channel,
                 account=_account_facts(account) if account is not None else None,

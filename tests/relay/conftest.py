@@ -1,0 +1,288 @@
+"""A real relay on loopback for the SMTP tests.
+
+``relay`` starts :func:`relay.app.run_relay` on ephemeral ports with TLS from
+a test PKI (``mssante.crypto.testpki``), a directory seeded with the parties
+below, and two accounts. Tests drive it with stdlib ``smtplib`` (in a thread,
+since it blocks) and ``swaks``; they read what was stored through the running
+relay's own store. ``relay_ldap`` is the same with the directory in a real
+slapd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import smtplib
+import ssl
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from directory.config import Backend, DirectoryConfig, open_directory
+from directory.model import Operator, OperatorCertificate, Status
+from mssante.crypto.testpki import TestPKI
+from relay.accounts import AccountKind, AccountStore
+from relay.app import RunningRelay, load_master_key, run_relay
+from relay.config import parse
+from tests.directory import samples
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+    from pathlib import Path
+
+    from directory.protocol import Directory
+    from relay.config import Config
+    from tests.support.ldap_fixtures import SlapdServer
+
+DOCTOR = samples.mailbox()  # zoe.moreau@medecin.mssante.fr, owner 8 + RPPS_1
+URGENCES = samples.org_mailbox()  # urgences@ch-paris-1.mssante.fr
+SUSPENDED = samples.mailbox(
+    "ancien.medecin@medecin.mssante.fr",
+    owner_id="8" + samples.RPPS_2,
+    status=Status.SUSPENDED,
+)
+PATIENT = samples.patient(blocked_senders=(), care_relationships=(), proxies=())
+PATIENT_2 = samples.patient(
+    samples.INS_2, blocked_senders=(), care_relationships=(), proxies=()
+)
+OPTED_OUT = samples.patient(
+    samples.ins_of("1750275123457"), opted_out=True, care_relationships=(), proxies=()
+)
+REMOTE_DOMAIN = "hopital-b.example"
+PASSWORD = "Relay-test-pw-1!"
+LOCAL_DOMAINS = [
+    "mssante.example",
+    "patient.mssante.example",
+    "medecin.mssante.fr",
+    "ch-paris-1.mssante.fr",
+]
+
+
+def patient_address(entry: object) -> str:
+    address = getattr(entry, "address", None)
+    assert isinstance(address, str)
+    return address
+
+
+@pytest.fixture(scope="session")
+def pki() -> TestPKI:
+    return TestPKI(datetime.now(UTC))
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The session's certificates and keys, written once (RSA keys are slow)."""
+
+    directory: Path
+    operator_dn: str
+
+
+@pytest.fixture(scope="session")
+def tls_files(pki: TestPKI, tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    tls = tmp_path_factory.mktemp("tls")
+    server = pki.server()
+    _write(tls / "server.pem", server.fullchain_pem)
+    _write(tls / "server.key", server.key_pem)
+    _write(tls / "ca.pem", pki.root_pem)
+    operator = pki.operator("mx.hopital-b.example", organisation="HOPITAL B")
+    other = pki.operator("mx.hopital-c.example", organisation="HOPITAL C")
+    untrusted = TestPKI(pki.at, organisation="UNTRUSTED").operator("mx.evil.example")
+    for name, issued in (("op", operator), ("other", other), ("untrusted", untrusted)):
+        _write(tls / f"{name}.pem", issued.fullchain_pem)
+        _write(tls / f"{name}.key", issued.key_pem)
+    return TlsFiles(tls, operator.cert.subject.rfc4514_string())
+
+
+@dataclass
+class Harness:
+    """A running relay and what tests need to talk to it."""
+
+    running: RunningRelay
+    config: Config
+    ca_file: Path
+    operator_cert: Path  # whitelisted for hopital-b.example
+    operator_key: Path
+    other_operator_cert: Path  # a valid operator certificate nobody whitelisted
+    other_operator_key: Path
+    untrusted_cert: Path
+    untrusted_key: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def address(self, name: str) -> tuple[str, int]:
+        return self.running.addresses[name]
+
+    def client_context(
+        self, cert: Path | None = None, key: Path | None = None
+    ) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        if cert is not None:
+            ctx.load_cert_chain(cert, key)
+        return ctx
+
+    def submission(self, *, login: str | None = DOCTOR.address) -> smtplib.SMTP:
+        """An SMTP session on 587-style submission, after STARTTLS and AUTH."""
+        host, port = self.address("submission")
+        client = smtplib.SMTP(host, port, timeout=10)
+        client.starttls(context=self.client_context())
+        if login is not None:
+            client.login(login, PASSWORD)
+        return client
+
+    def mx(self, cert: Path | None = None, key: Path | None = None) -> smtplib.SMTP:
+        host, port = self.address("mx")
+        client = smtplib.SMTP(host, port, timeout=10)
+        client.starttls(context=self.client_context(cert, key))
+        return client
+
+    def mx_operator(self) -> smtplib.SMTP:
+        return self.mx(self.operator_cert, self.operator_key)
+
+    async def run(self, fn: Callable[[], Any]) -> Any:  # noqa: ANN401 - test helper
+        """Run blocking client code while the relay keeps serving."""
+        return await asyncio.to_thread(fn)
+
+    async def delivered(self) -> None:
+        assert await self.running.delivery.drain(within=10)
+
+    def messages(self, address: str, folder: str = "INBOX") -> list[bytes]:
+        store = self.running.store
+        if not store.has_mailbox(address):
+            return []
+        return [
+            store.fetch(address, folder, m.uid) for m in store.messages(address, folder)
+        ]
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        from relay.audit import records
+
+        return list(records(self.running.audit.path))
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    path.chmod(0o600)
+    return path
+
+
+def relay_config(
+    tmp_path: Path, tls: Path, directory: DirectoryConfig | None
+) -> Config:
+    listener = {"host": "127.0.0.1", "port": 0}
+    cfg = parse(
+        {
+            "relay": {
+                "data_dir": str(tmp_path / "data"),
+                "domain": "mssante.example",
+                "local_domains": LOCAL_DOMAINS,
+                "max_message_size": 200_000,
+            },
+            "tls": {
+                "cert_file": str(tls / "server.pem"),
+                "key_file": str(tls / "server.key"),
+                "trust_anchors_file": str(tls / "ca.pem"),
+            },
+            "smtp": {
+                "submission": listener,
+                "submissions": listener,
+                "mx": listener,
+                "timeout": 30.0,
+            },
+            "auth": {
+                "failure_delay": 0.0,
+                "max_failures": 3,
+                # Cheap hashes: tests are not about argon2's cost.
+                "argon2_time_cost": 1,
+                "argon2_memory_kib": 1024,
+                "argon2_parallelism": 1,
+            },
+        },
+        tmp_path,
+    )
+    if directory is not None:
+        cfg = _with_directory(cfg, directory)
+    return cfg
+
+
+def _with_directory(cfg: Config, directory: DirectoryConfig) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(cfg, directory=directory)
+
+
+async def seed(directory: Directory, operator_dn: str) -> None:
+    entries: list[Any] = [
+        samples.practitioner(),
+        DOCTOR,
+        URGENCES,
+        SUSPENDED,
+        PATIENT,
+        PATIENT_2,
+        OPTED_OUT,
+        Operator(
+            domain=REMOTE_DOMAIN,
+            certificates=(OperatorCertificate(subject_dn=operator_dn),),
+        ),
+        samples.mailbox("revoque@hopital-b.example", status=Status.REVOKED),
+    ]
+    for entry in entries:
+        await directory.add(entry)
+
+
+@contextlib.asynccontextmanager
+async def started(files: TlsFiles, cfg: Config) -> AsyncIterator[Harness]:
+    tls = files.directory
+    directory = await open_directory(cfg.directory)
+    try:
+        await seed(directory, files.operator_dn)
+    finally:
+        await directory.close()
+    load_master_key(cfg)
+    accounts = AccountStore.for_config(cfg)
+    accounts.create(
+        DOCTOR.address, AccountKind.PRACTITIONER, PASSWORD, [DOCTOR.address]
+    )
+    accounts.create(
+        URGENCES.address, AccountKind.PRACTITIONER, PASSWORD, [URGENCES.address]
+    )
+    accounts.create("secretaire-1", AccountKind.STAFF, PASSWORD, [])
+    accounts.create(
+        patient_address(PATIENT),
+        AccountKind.PATIENT,
+        PASSWORD,
+        [patient_address(PATIENT)],
+    )
+    accounts.close()
+    async with run_relay(cfg, drain_timeout=5) as running:
+        yield Harness(
+            running=running,
+            config=cfg,
+            ca_file=tls / "ca.pem",
+            operator_cert=tls / "op.pem",
+            operator_key=tls / "op.key",
+            other_operator_cert=tls / "other.pem",
+            other_operator_key=tls / "other.key",
+            untrusted_cert=tls / "untrusted.pem",
+            untrusted_key=tls / "untrusted.key",
+        )
+
+
+@pytest.fixture
+async def relay(tmp_path: Path, tls_files: TlsFiles) -> AsyncIterator[Harness]:
+    cfg = relay_config(tmp_path, tls_files.directory, None)
+    async with started(tls_files, cfg) as harness:
+        yield harness
+
+
+@pytest.fixture
+async def relay_ldap(
+    tmp_path: Path, tls_files: TlsFiles, slapd: SlapdServer
+) -> AsyncIterator[Harness]:
+    directory = DirectoryConfig(backend=Backend.LDAP, ldap=slapd.config())
+    cfg = relay_config(tmp_path, tls_files.directory, directory)
+    try:
+        async with started(tls_files, cfg) as harness:
+            yield harness
+    finally:
+        slapd.slapd.wipe()
