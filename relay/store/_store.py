@@ -208,6 +208,17 @@ class _Folder:
 
 
 @dataclass(slots=True)
+class _Job:
+    """One insert waiting for a group commit."""
+
+    apply: Callable[[sqlite3.Connection, _Tx], Delivered]
+    result: Delivered | None = None
+    error: StoreError | None = None
+    done: bool = False
+    committed: bool = False
+
+
+@dataclass(slots=True)
 class _Tx:
     changes: list[Change] = field(default_factory=list)
     unlink: list[Path] = field(default_factory=list)
@@ -340,6 +351,8 @@ class MailStore:
         self._lock_fd = lock_fd
         self._sanity = sanity_checks
         self._lock = threading.RLock()
+        self._pending_lock = threading.Lock()
+        self._pending: list[_Job] = []
         self._mailboxes: dict[str, _Mailbox] = {}
         self._subscribers: dict[int, tuple[Callable[[Change], None], str | None]] = {}
         self._next_subscriber = 0
@@ -941,70 +954,117 @@ class MailStore:
         structure = mailbox.key.seal(
             parse_structure(message).to_json(), _aad(b"structure", mailbox.id, blob_id)
         )
+        kw = _keyword_text(keywords)
         path = self._write_file(mailbox, blob_id, message)
-        committed = False
-        try:
-            with self._tx() as (db, tx):
-                if tag is not None:
-                    prior = self._prior_delivery(db, mailbox, tag)
-                    if prior is not None:
-                        # A concurrent delivery with the same key won the race.
-                        tx.unlink.append(path)
-                        committed = True
-                        return prior
-                target = self._folder(db, mailbox, folder)
-                uid, modseq = self._next_uid(db, target)
+
+        def insert(db: sqlite3.Connection, tx: _Tx) -> Delivered:
+            if tag is not None:
+                prior = self._prior_delivery(db, mailbox, tag)
+                if prior is not None:
+                    # A concurrent delivery with the same key won the race.
+                    tx.unlink.append(path)
+                    return prior
+            target = self._folder(db, mailbox, folder)
+            uid, modseq = self._next_uid(db, target)
+            db.execute(
+                "INSERT INTO blobs VALUES (?, ?, ?, ?, 1)",
+                (blob_id, mailbox.id, len(message), structure),
+            )
+            db.execute(
+                f"INSERT INTO messages (folder_id, blob_id, {_MSG_COLS})"  # noqa: S608
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                (target.id, blob_id, uid, bits, kw, ts, tz, len(message), modseq),
+            )
+            if tag is not None:
                 db.execute(
-                    "INSERT INTO blobs VALUES (?, ?, ?, ?, 1)",
-                    (blob_id, mailbox.id, len(message), structure),
-                )
-                db.execute(
-                    f"INSERT INTO messages (folder_id, blob_id, {_MSG_COLS})"  # noqa: S608
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                    "INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?)",
                     (
-                        target.id,
-                        blob_id,
+                        tag,
+                        mailbox.id,
+                        target.name,
+                        target.uidvalidity,
                         uid,
-                        bits,
-                        _keyword_text(keywords),
-                        ts,
-                        tz,
                         len(message),
-                        modseq,
                     ),
                 )
-                if tag is not None:
-                    db.execute(
-                        "INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?)",
-                        (
-                            tag,
-                            mailbox.id,
-                            target.name,
-                            target.uidvalidity,
-                            uid,
-                            len(message),
-                        ),
-                    )
-                tx.changes.append(
-                    Change(
-                        kind=ChangeKind.EXISTS,
-                        address=mailbox.address,
-                        folder=target.name,
-                        uids=(uid,),
-                        modseq=modseq,
-                    )
-                )
-                committed = True
-                return Delivered(
+            tx.changes.append(
+                Change(
+                    kind=ChangeKind.EXISTS,
                     address=mailbox.address,
                     folder=target.name,
-                    uidvalidity=target.uidvalidity,
-                    uid=uid,
-                    size=len(message),
+                    uids=(uid,),
+                    modseq=modseq,
                 )
+            )
+            return Delivered(
+                address=mailbox.address,
+                folder=target.name,
+                uidvalidity=target.uidvalidity,
+                uid=uid,
+                size=len(message),
+            )
+
+        job = _Job(insert)
+        try:
+            return self._commit_grouped(job)
         finally:
-            if not committed:
+            if not job.committed:
                 path.unlink(missing_ok=True)
+
+    def _commit_grouped(self, job: _Job) -> Delivered:
+        """Commit ``job`` together with every insert queued meanwhile.
+
+        Group commit: a thread that gets the lock commits all queued inserts
+        in one transaction (one WAL fsync); the threads whose inserts it took
+        find theirs done when they get the lock. Each insert runs under its
+        own savepoint, so a refused one (unknown folder) does not undo the
+        others.
+        """
+        with self._pending_lock:
+            self._pending.append(job)
+        with self._lock:
+            if not job.done:
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                self._run_batch(batch)
+        if job.error is not None:
+            raise job.error
+        if job.result is None:  # pragma: no cover (done implies result or error)
+            raise StoreError("delivery lost its result")
+        return job.result
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        db = self._conn()
+        tx = _Tx()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for j in batch:
+                db.execute("SAVEPOINT job")
+                try:
+                    j.result = j.apply(db, tx)
+                except StoreError as exc:
+                    db.execute("ROLLBACK TO job")
+                    j.error = exc
+                db.execute("RELEASE job")
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            for j in batch:
+                j.done = True
+                if j.error is None:
+                    j.result = None
+                    j.error = StoreError(f"the index commit failed: {exc}")
+                    j.error.__cause__ = exc
+            raise
+        for j in batch:
+            j.done = True
+            j.committed = j.error is None
+        for path in tx.unlink:
+            path.unlink(missing_ok=True)
+        if self._sanity:
+            self._check_invariants(files=False)
+        self._notify(tx.changes)
 
     def _next_uid(
         self, db: sqlite3.Connection, folder: _Folder, count: int = 1
