@@ -22,6 +22,12 @@ from pathlib import Path
 from relay.store import MailStore, MasterKey, parse_structure
 
 WHEN = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+
+
 RCPT = "bench@hopital.example"
 
 
@@ -82,7 +88,7 @@ def run_store(
         for i in range(per):
             store.deliver(RCPT, message, delivery_key=f"0:{i}", internal_date=WHEN)
         replay = per / (time.perf_counter() - replay_start)
-    print(f"  replay of {per} delivered keys (duplicates): {replay:,.0f}/s")
+    say(f"  replay of {per} delivered keys (duplicates): {replay:,.0f}/s")
     return per * threads / elapsed
 
 
@@ -104,15 +110,15 @@ def main(argv: list[str] | None = None) -> int:
             one = run_store(base / f"store1-{size}", key, message, ns.count, 1)
             four = run_store(base / f"store4-{size}", key, message, ns.count, 4)
             kb = len(message) // 1000
-            print(
+            say(
                 f"{kb} KB: parse {parse_us:.0f} us; bare maildir {ref:,.0f}/s; "
                 f"store 1 thread {one:,.0f}/s; 4 threads {four:,.0f}/s"
             )
-            print(
+            say(
                 f"BENCH store deliver_{kb}k_1thread ours={one:.0f} ref={ref:.0f} "
                 f"ratio={one / ref:.2f} unit=msg/s"
             )
-            print(
+            say(
                 f"BENCH store deliver_{kb}k_4threads ours={four:.0f} ref={ref:.0f} "
                 f"ratio={four / ref:.2f} unit=msg/s"
             )
