@@ -234,7 +234,12 @@ def parse_dsn(data: bytes) -> DeliveryStatusNotification:
 
 def _get(block: Message, name: str) -> str | None:
     value = block.get(name)
-    return None if value is None else " ".join(str(value).split())
+    # RFC 5322 §2.2.3: unfolding removes the CRLF of a fold, nothing else.
+    return (
+        None
+        if value is None
+        else str(value).replace("\r\n", "").replace("\n", "").strip()
+    )
 
 
 def _recipient(block: Message) -> RecipientStatus:

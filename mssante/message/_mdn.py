@@ -213,12 +213,13 @@ def compose_mdn(
         headers, headersonly=True
     )
     notify = parsed.get("Disposition-Notification-To")
-    addresses = getattr(notify, "addresses", ())
+    # The stdlib header registry does not know this field: read its mailbox list.
+    addresses = [a for _, a in email.utils.getaddresses([str(notify or "")]) if a]
     if not addresses:
         raise MalformedMessageError(
             "the original asks no MDN (Disposition-Notification-To)"
         )
-    to = addresses[0].addr_spec
+    to = addresses[0]
     original_id = parsed.get("Message-ID")
     original_subject = str(parsed.get("Subject", ""))
     original_recipient = parsed.get("Original-Recipient")
@@ -317,7 +318,12 @@ def parse_mdn(data: bytes) -> DispositionNotification:
 
 def _get(block: Message, name: str) -> str | None:
     value = block.get(name)
-    return None if value is None else " ".join(str(value).split())
+    # RFC 5322 §2.2.3: unfolding removes the CRLF of a fold, nothing else.
+    return (
+        None
+        if value is None
+        else str(value).replace("\r\n", "").replace("\n", "").strip()
+    )
 
 
 def _sending_mode(value: str) -> SendingMode:
