@@ -126,6 +126,7 @@ class Harness:
         host, port = self.address("submission")
         client = smtplib.SMTP(host, port, timeout=10)
         client.starttls(context=self.client_context())
+        client.ehlo()
         if login is not None:
             client.login(login, PASSWORD)
         return client
@@ -134,6 +135,7 @@ class Harness:
         host, port = self.address("mx")
         client = smtplib.SMTP(host, port, timeout=10)
         client.starttls(context=self.client_context(cert, key))
+        client.ehlo()
         return client
 
     def mx_operator(self) -> smtplib.SMTP:

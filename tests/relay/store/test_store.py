@@ -522,3 +522,41 @@ def test_message_without_mime_headers_round_trips(store: MailStore) -> None:
     )
     assert store.message(ALICE, "INBOX", 1).internal_date == when
     assert store.fetch(ALICE, "INBOX", 1) == b"Subject: x\r\n\r\nbody\r\n"
+
+
+def test_refused_delivery_in_a_concurrent_batch_leaves_the_others_stored(
+    store: MailStore, store_root: Path
+) -> None:
+    barrier = threading.Barrier(6)
+    errors: list[Exception] = []
+
+    def worker(n: int) -> None:
+        barrier.wait()
+        folder = "Missing" if n == 0 else "INBOX"
+        try:
+            store.deliver(
+                ALICE,
+                make_message(),
+                delivery_key=f"k{n}",
+                internal_date=WHEN,
+                folder=folder,
+            )
+        except FolderNotFoundError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 1
+    assert [m.uid for m in store.messages(ALICE, "INBOX")] == [1, 2, 3, 4, 5]
+    assert not store.has_delivered("k0")
+    assert len([p for p in (store_root / "messages").rglob("*") if p.is_file()]) == 5
+
+
+def test_mailbox_listing_decrypts_addresses(store: MailStore) -> None:
+    store.ensure_mailbox("Patient.X@Patient.Example")
+    assert store.mailboxes() == sorted([ALICE, "Patient.X@patient.example"])
+    assert store.has_mailbox("Patient.X@PATIENT.example")
+    assert not store.has_mailbox("patient.x@patient.example")
