@@ -53,8 +53,12 @@ def _wrong_password(h: Harness) -> tuple[int, bytes]:
         try:
             c.login(DOCTOR.address, "Wrong-password-1!")
         except smtplib.SMTPAuthenticationError as exc:
-            return exc.smtp_code, exc.smtp_error
+            return exc.smtp_code, _raw(exc.smtp_error)
     raise AssertionError("login succeeded")
+
+
+def _raw(text: bytes | str) -> bytes:
+    return text if isinstance(text, bytes) else text.encode()
 
 
 def _unauthenticated_mail(h: Harness) -> tuple[int, bytes]:
@@ -79,7 +83,7 @@ def _data(h: Harness, sender: str, to: str, body: bytes) -> tuple[int, bytes]:
         try:
             c.sendmail(sender, [to], body)
         except smtplib.SMTPDataError as exc:
-            return exc.smtp_code, exc.smtp_error
+            return exc.smtp_code, _raw(exc.smtp_error)
         except smtplib.SMTPRecipientsRefused as exc:
             return exc.recipients[to]
     raise AssertionError("message accepted")
