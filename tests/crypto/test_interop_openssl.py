@@ -191,3 +191,49 @@ def test_we_unwrap_openssl_sign_then_encrypt(people: People, tmp_path: Path) -> 
     assert result.verification is not None
     assert result.verification.ok
     assert result.message == ENTITY
+
+
+@pytest.mark.parametrize(
+    "options",
+    [("-noattr",), ("-keyid",)],
+    ids=["no-signed-attributes", "ski-signer-id"],
+)
+def test_we_verify_openssl_signature_variants(
+    people: People, tmp_path: Path, options: tuple[str, ...]
+) -> None:
+    _, cert, key = files(tmp_path, people, people.alice)
+    signed = openssl("-sign", "-signer", cert, "-inkey", key, *options, data=ENTITY)
+
+    result = verify(signed, people.trust, at=NOW)
+
+    assert result.reason is Reason.VALID, result.detail
+    assert result.signing_time is None or "-keyid" in options
+
+
+def test_we_skip_recipient_infos_that_are_not_key_transport(
+    people: People, tmp_path: Path
+) -> None:
+    _, cert, _ = files(tmp_path, people, people.bob)
+    sealed = openssl(
+        "-encrypt",
+        "-aes-256-cbc",
+        "-secretkey",
+        "00" * 32,
+        "-secretkeyid",
+        "01",
+        "-recip",
+        cert,
+        data=ENTITY,
+    )
+
+    assert decrypt(sealed, people.bob) == ENTITY
+
+
+def test_triple_des_from_openssl_is_unsupported(people: People, tmp_path: Path) -> None:
+    from mssante.crypto import UnsupportedError
+
+    _, cert, _ = files(tmp_path, people, people.bob)
+    sealed = openssl("-encrypt", "-des3", "-recip", cert, data=ENTITY)
+
+    with pytest.raises(UnsupportedError):
+        decrypt(sealed, people.bob)
