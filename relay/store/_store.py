@@ -533,6 +533,9 @@ class MailStore:
         user deleted is not recreated).
         """
         addr = canonical_address(address)
+        if addr in self._mailboxes:
+            # The relay calls this before every delivery: no transaction then.
+            return
         locator = self._keys.locator("address", addr)
         with self._tx() as (db, tx):
             row = db.execute(
