@@ -129,7 +129,7 @@ async def run_relay(
         stack.callback(threads.close)
         store = MailStore.open(data_dir / STORE_DIR_NAME, master)
         stack.callback(store.close)
-        spool = Spool.open(data_dir)
+        spool = Spool.open(data_dir, master.derive("spool"))
         local = local_domains(cfg)
         delivery = LocalDelivery(
             spool=spool,

@@ -2,8 +2,10 @@
 
 Owns: ``<data_dir>/spool/``. One file per accepted message, named by its
 queue id: a first line of JSON (the envelope: sender, recipients with their
-DSN parameters, ENVID, RET, how it arrived) and then the message bytes as
-received.
+DSN parameters, ENVID, RET, how it arrived) and then the message, encrypted
+(AES-256-GCM under a key derived from the master key, the queue id as
+associated data): like the mailbox store, the spool reveals no content to
+whoever copies the data directory.
 
 What must stay true:
 
@@ -29,6 +31,9 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -123,19 +128,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+NONCE_SIZE: Final = 12
+
+
 class Spool:
     """The spool directory of one relay (sync; call through ``to_thread``)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, key: bytes) -> None:
         self.root = root
+        self._aead = AESGCM(key)
         self._tmp = root / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
         for leftover in self._tmp.iterdir():
             leftover.unlink()
 
     @classmethod
-    def open(cls, data_dir: Path) -> Spool:
-        return cls(data_dir / SPOOL_DIR_NAME)
+    def open(cls, data_dir: Path, key: bytes) -> Spool:
+        return cls(data_dir / SPOOL_DIR_NAME, key)
 
     def write(self, envelope: Envelope, message: bytes) -> Envelope:
         """Durably store a message; returns the envelope with its queue id."""
@@ -145,8 +154,10 @@ class Spool:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as f:
+                nonce = os.urandom(NONCE_SIZE)
+                sealed = self._aead.encrypt(nonce, message, queue_id.encode())
                 f.write(envelope.to_json() + b"\n")
-                f.write(message)
+                f.write(nonce + sealed)
                 f.flush()
                 os.fsync(f.fileno())
             tmp.rename(self.root / queue_id)
@@ -162,13 +173,22 @@ class Spool:
             data = (self.root / queue_id).read_bytes()
         except FileNotFoundError:
             raise SpoolError(f"queue id {queue_id}: not in the spool") from None
-        head, sep, message = data.partition(b"\n")
+        head, sep, sealed = data.partition(b"\n")
         if not sep:
             raise SpoolError(f"queue id {queue_id}: truncated spool file")
         try:
-            return Envelope.from_json(head), message
+            envelope = Envelope.from_json(head)
         except (ValueError, KeyError, TypeError) as exc:
             raise SpoolError(f"queue id {queue_id}: unreadable envelope") from exc
+        try:
+            message = self._aead.decrypt(
+                sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], queue_id.encode()
+            )
+        except InvalidTag:
+            raise SpoolError(
+                f"queue id {queue_id}: message fails its integrity check"
+            ) from None
+        return envelope, message
 
     def remove(self, queue_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):

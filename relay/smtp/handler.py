@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Final
 
 from aiosmtpd.smtp import MISSING, AuthResult
 
-from directory.errors import DirectoryError
+from directory.errors import DirectoryError, InvalidFieldError
 from directory.model import Mailbox, Patient
 from relay import policy
 from relay.accounts import Account, ThrottleVerdict
@@ -52,6 +52,7 @@ R535_INVALID: Final = "535 5.7.8 Authentication credentials invalid"
 R554_BARE_LINE_ENDING: Final = policy.Reply(
     554, "5.5.2", "Bare CR or LF in message data is not allowed (RFC 5321 §2.3.8)"
 )
+R553_BAD_ADDRESS: Final = policy.Reply(553, "5.1.3", "Address syntax rejected")
 R554_NO_FROM: Final = policy.Reply(554, "5.6.0", "Message has no valid From header")
 
 
@@ -256,6 +257,8 @@ class RelayHandler:
             return None, None
         try:
             return await self._ctx.directory.resolve(address), None
+        except InvalidFieldError:
+            return None, R553_BAD_ADDRESS
         except DirectoryError as exc:
             self._ctx.audit.emit(
                 AuditEvent.DIRECTORY_LOOKUP_FAILED,
@@ -297,6 +300,8 @@ class RelayHandler:
         address: str,
         mail_options: list[str],
     ) -> str:
+        if address == "<>":  # RFC 5321 §4.5.5: the null reverse-path
+            address = ""
         entry, failure = await self._lookup(server, address)
         if failure is not None:
             return str(failure)
@@ -334,7 +339,8 @@ class RelayHandler:
                 reason=decision.reason,
             )
             return str(decision.reply)
-        envelope.mail_from = address
+        # aiosmtpd needs a true value to accept RCPT; "<>" stands for null.
+        envelope.mail_from = address or "<>"
         envelope.mail_options.extend(mail_options)
         envelope.dsn = server.pending_mail
         envelope.usable_from = {address}
@@ -460,7 +466,7 @@ class RelayHandler:
         received = self._received_header(server, session, now)
         stored = "\r\n".join([received, *added]).encode("utf-8") + b"\r\n" + data
         spooled = Envelope(
-            sender=envelope.mail_from or "",
+            sender=sender.address,
             recipients=tuple(
                 Recipient(
                     address=r,

@@ -138,6 +138,12 @@ class MasterKey:
         """A short public identifier of the key (HKDF output, not the key)."""
         return _derive(self._key, "key-id")[:6].hex()
 
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte key for another part of the relay (the audit trail's
+        HMAC, the thread store's message references), independent of the
+        store's own keys (HKDF with a distinct label, RFC 5869)."""
+        return _derive(self._key, "purpose/" + purpose)
+
     def __repr__(self) -> str:
         return f"MasterKey(id={self.key_id})"
 

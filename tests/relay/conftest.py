@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 
 DOCTOR = samples.mailbox()  # zoe.moreau@medecin.mssante.fr, owner 8 + RPPS_1
 URGENCES = samples.org_mailbox()  # urgences@ch-paris-1.mssante.fr
+# A colleague with no link to the doctor's organisation.
+COLLEAGUE = samples.mailbox(
+    "paul.durand@medecin.mssante.fr", owner_id="8" + samples.RPPS_2, structure_id=""
+)
 SUSPENDED = samples.mailbox(
     "ancien.medecin@medecin.mssante.fr",
     owner_id="8" + samples.RPPS_2,
@@ -85,7 +89,9 @@ def tls_files(pki: TestPKI, tmp_path_factory: pytest.TempPathFactory) -> TlsFile
     server = pki.server()
     _write(tls / "server.pem", server.fullchain_pem)
     _write(tls / "server.key", server.key_pem)
-    _write(tls / "ca.pem", pki.root_pem)
+    # The anchors hold the IGC-Santé-like root and its intermediates, as an
+    # operator's CA file does: some clients (swaks) send only their leaf.
+    _write(tls / "ca.pem", pki.root_pem + pki.intermediates_pem)
     operator = pki.operator("mx.hopital-b.example", organisation="HOPITAL B")
     other = pki.operator("mx.hopital-c.example", organisation="HOPITAL C")
     untrusted = TestPKI(pki.at, organisation="UNTRUSTED").operator("mx.evil.example")
@@ -218,6 +224,7 @@ async def seed(directory: Directory, operator_dn: str) -> None:
         samples.practitioner(),
         DOCTOR,
         URGENCES,
+        COLLEAGUE,
         SUSPENDED,
         PATIENT,
         PATIENT_2,
@@ -227,6 +234,7 @@ async def seed(directory: Directory, operator_dn: str) -> None:
             certificates=(OperatorCertificate(subject_dn=operator_dn),),
         ),
         samples.mailbox("revoque@hopital-b.example", status=Status.REVOKED),
+        samples.delegation("secretaire-1"),
     ]
     for entry in entries:
         await directory.add(entry)

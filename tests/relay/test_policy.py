@@ -142,7 +142,8 @@ def test_unusable_delegation_does_not_allow_sending(change: dict[str, object]) -
         channel=Channel.SUBMISSION,
         account=AccountFacts(login="secretaire-1", owned=frozenset()),
     )
-    delegation = samples.delegation("secretaire-1", **change)
+    fields: dict[str, object] = {"account": "secretaire-1", **change}
+    delegation = samples.delegation(**fields)  # type: ignore[arg-type]
     decision = policy.check_submission_sender(
         staff, DOCTOR.address, DOCTOR, [delegation], LOCAL, NOW
     )
