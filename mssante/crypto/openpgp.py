@@ -52,6 +52,14 @@ __all__ = ["Keyring", "PGPOpened", "PGPVerification"]
 
 PGP_ENCRYPTED: Final = "application/pgp-encrypted"
 ARMOR_HEADER: Final = b"-----BEGIN PGP MESSAGE-----"
+_PROBLEMS: Final = {
+    "signature bad": Reason.BAD_SIGNATURE,
+    "signature error": Reason.UNTRUSTED,  # ERRSIG: e.g. no public key
+    "no public key": Reason.UNTRUSTED,
+    "signature expired": Reason.EXPIRED,
+    "signing key has expired": Reason.EXPIRED,
+    "signing key was revoked": Reason.REVOKED,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,26 +87,24 @@ class PGPOpened:
 def _verification(
     result: gnupg.Crypt, expected_signer: str | None
 ) -> PGPVerification | None:
-    if result.signature_id is None and result.fingerprint is None and not result.status:
-        return None
     fingerprint = result.pubkey_fingerprint or result.fingerprint
     when = (
         datetime.fromtimestamp(int(result.sig_timestamp), UTC)
         if result.sig_timestamp
         else None
     )
-    status = str(result.status or "")
     if not result.valid:
-        reason = {
-            "signature bad": Reason.BAD_SIGNATURE,
-            "signing key has expired": Reason.EXPIRED,
-            "signature expired": Reason.EXPIRED,
-            "signing key was revoked": Reason.REVOKED,
-            "no public key": Reason.UNTRUSTED,
-        }.get(status)
-        if reason is None:
+        # python-gnupg keeps each signature problem; a later DECRYPTION_OKAY
+        # overwrites ``status``, so read the problems, last one first.
+        known = [
+            str(p.get("status"))
+            for p in result.problems
+            if p.get("status") in _PROBLEMS
+        ]
+        if not known:
             return None  # decrypted, not signed
-        return PGPVerification(reason, status, fingerprint, when)
+        return PGPVerification(_PROBLEMS[known[-1]], known[-1], fingerprint, when)
+    status = str(result.status or "")
     if expected_signer is not None and (fingerprint or "").upper() != (
         expected_signer.upper()
     ):

@@ -172,3 +172,26 @@ def test_a_coroutine_that_waits_is_refused() -> None:
 
     with pytest.raises(CryptoError):
         _run_to_completion(waits())
+
+
+def test_certificate_without_key_usage_extension_may_sign(people: People) -> None:
+    from datetime import timedelta
+
+    pki = people.pki
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(people.alice.cert.subject)
+        .issuer_name(pki.persons.cert.subject)
+        .public_key(people.alice.key.public_key())
+        .serial_number(3)
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=1))
+        .sign(pki.persons.key, hashes.SHA256())
+    )
+    soft = TrustStore(roots=people.trust.roots, revocation_mode="soft-fail")
+
+    got, detail = validate_smime_certificate(
+        cert, soft, at=NOW, extra=[pki.persons.cert]
+    )
+
+    assert got is Reason.VALID, detail

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 from asn1crypto import algos, cms
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from mssante.crypto import (
@@ -17,6 +19,7 @@ from mssante.crypto import (
     UnsupportedError,
 )
 from mssante.crypto.cms import (
+    SignatureScheme,
     content_type_of,
     decrypt_envelope,
     encrypt_envelope,
@@ -288,3 +291,111 @@ def test_authenticated_attributes_are_checked_as_aad(people: People) -> None:
     assert decrypt_envelope(blob, people.bob) == CONTENT
     with pytest.raises(DecryptionError):
         decrypt_envelope(edited(blob, other_attrs), people.bob)
+
+
+def test_impossible_pss_parameters_are_malformed(people: People) -> None:
+    blob = sign_data(CONTENT, people.alice, at=NOW, scheme=SignatureScheme.PSS)
+
+    def null_params(info: cms.ContentInfo) -> None:
+        first_signer(info)["signature_algorithm"]["parameters"]["salt_length"] = -1
+
+    result = verify_signed_data(
+        edited(blob, null_params), people.trust, at=NOW, content=CONTENT
+    )
+
+    assert result.reason is Reason.MALFORMED
+
+
+def test_embedded_certificate_that_does_not_parse_is_malformed(people: People) -> None:
+    blob = sign_data(CONTENT, people.alice, at=NOW)
+
+    def bad_version(info: cms.ContentInfo) -> None:
+        cert = info["content"]["certificates"][1].chosen
+        cert["tbs_certificate"]["version"] = 7
+
+    result = verify_signed_data(
+        edited(blob, bad_version), people.trust, at=NOW, content=CONTENT
+    )
+
+    assert result.reason is Reason.MALFORMED
+
+
+def test_oaep_parameters_without_mgf_hash_are_malformed(people: People) -> None:
+    blob = encrypt_envelope(CONTENT, [people.bob.cert])
+
+    def null_params(info: cms.ContentInfo) -> None:
+        ktri = info["content"]["recipient_infos"][0].chosen
+        ktri["key_encryption_algorithm"] = {
+            "algorithm": "rsaes_oaep",
+            "parameters": {"mask_gen_algorithm": {"algorithm": "1.2.3.4"}},
+        }
+
+    with pytest.raises(MalformedError):
+        decrypt_envelope(edited(blob, null_params), people.bob)
+
+
+def test_signer_found_by_key_identifier_skips_certificates_without_one(
+    people: People,
+) -> None:
+    blob = sign_data(CONTENT, people.alice, at=NOW)
+    ski = people.alice.cert.extensions.get_extension_for_class(
+        x509.SubjectKeyIdentifier
+    ).value.digest
+
+    def by_ski(info: cms.ContentInfo) -> None:
+        signed = info["content"]
+        signed["certificates"] = []
+        signed["version"] = "v3"
+        signer = signed["signer_infos"][0]
+        signer["version"] = "v3"
+        signer["sid"] = cms.SignerIdentifier({"subject_key_identifier": ski})
+
+    no_ski = (
+        x509.CertificateBuilder()
+        .subject_name(people.bob.cert.subject)
+        .issuer_name(people.bob.cert.issuer)
+        .public_key(people.bob.key.public_key())
+        .serial_number(2)
+        .not_valid_before(NOW)
+        .not_valid_after(NOW)
+        .sign(people.pki.persons.key, hashes.SHA256())
+    )
+
+    result = verify_signed_data(
+        edited(blob, by_ski),
+        people.trust,
+        at=NOW,
+        content=CONTENT,
+        certificates=[no_ski, people.bob.cert, people.alice.cert],
+    )
+
+    assert result.reason is Reason.VALID, result.detail
+
+
+def test_non_key_transport_recipient_infos_are_skipped(people: People) -> None:
+    blob = encrypt_envelope(CONTENT, [people.bob.cert])
+    ours = cms.ContentInfo.load(blob)["content"]["recipient_infos"][0].dump()
+    kek = cms.RecipientInfo(
+        {
+            "kekri": {
+                "version": "v4",
+                "kekid": {"key_identifier": b"\x01"},
+                "key_encryption_algorithm": {"algorithm": "aes256_wrap"},
+                "encrypted_key": b"\x00" * 40,
+            }
+        }
+    ).dump()
+
+    def add_kekri(info: cms.ContentInfo) -> None:
+        info["content"]["recipient_infos"] = [
+            cms.RecipientInfo.load(ours),
+            cms.RecipientInfo.load(kek),
+        ]
+
+    # DER sorts the SET OF (ktri first); swap the two encodings to put the
+    # KEKRecipientInfo first, as a BER encoder may.
+    with_kek = edited(blob, add_kekri)
+    assert ours + kek in with_kek
+    swapped = with_kek.replace(ours + kek, kek + ours)
+
+    assert decrypt_envelope(swapped, people.bob) == CONTENT

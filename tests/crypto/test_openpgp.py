@@ -52,6 +52,7 @@ class Party:
 
 
 def make_party(home: Path, address: str) -> Party:
+    home.mkdir(mode=0o700, exist_ok=True)
     home.chmod(0o700)
     base = ["gpg", "--batch", "--homedir", str(home), "--passphrase", ""]
     subprocess.run(
@@ -245,3 +246,27 @@ def test_import_of_garbage_raises(parties: tuple[Party, Party]) -> None:
         parties[0].keyring.export_public_key("0" * 40)
     with pytest.raises(OpenPGPError):
         parties[0].keyring.sign_and_encrypt(MESSAGE, signer=None, recipients=["0" * 40])
+
+
+def test_signature_by_a_key_we_do_not_hold_is_untrusted(
+    parties: tuple[Party, Party], tmp_path: Path
+) -> None:
+    _, bob = parties
+    carol = make_party(tmp_path / "carol", "carol@clinique.mssante.test")
+    try:
+        carol.keyring.import_keys(bob.keyring.export_public_key(bob.fingerprint))
+        sealed = carol.keyring.sign_and_encrypt(
+            MESSAGE, signer=carol.fingerprint, recipients=[bob.fingerprint]
+        )
+
+        opened = bob.keyring.decrypt_and_verify(sealed)
+
+        assert opened.verification is not None
+        assert opened.verification.reason is Reason.UNTRUSTED
+    finally:
+        subprocess.run(
+            ["gpgconf", "--kill", "gpg-agent"],
+            env={**os.environ, "GNUPGHOME": str(carol.home)},
+            check=False,
+            capture_output=True,
+        )

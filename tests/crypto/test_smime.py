@@ -309,3 +309,42 @@ def test_rsa_key_is_2048_bits(people: People) -> None:
     key = people.alice.key
     assert isinstance(key, rsa.RSAPrivateKey)
     assert key.key_size == 2048
+
+
+def test_junk_after_a_boundary_is_malformed(people: People) -> None:
+    signed = sign(MESSAGE, people.alice, at=NOW)
+    boundary = signed.split(b'boundary="', 1)[1].split(b'"', 1)[0]
+
+    broken = signed.replace(
+        b"--" + boundary + b"\r\n", b"--" + boundary + b"junk\r\n", 1
+    )
+
+    assert verify(broken, people.trust, at=NOW).reason is Reason.MALFORMED
+
+
+def test_second_part_must_be_the_signature(people: People) -> None:
+    signed = sign(MESSAGE, people.alice, at=NOW)
+
+    broken = signed.replace(b"application/pkcs7-signature;", b"text/plain;")
+
+    assert verify(broken, people.trust, at=NOW).reason is Reason.MALFORMED
+
+
+def test_too_many_layers_are_refused(people: People) -> None:
+    from mssante.crypto.smime import MAX_LAYERS
+
+    message = MESSAGE
+    for _ in range(MAX_LAYERS + 1):
+        message = sign(message, people.alice, at=NOW)
+
+    with pytest.raises(MalformedError):
+        unwrap(message, people.trust, at=NOW)
+
+
+def test_unknown_transfer_encoding_is_malformed(people: People) -> None:
+    sealed = encrypt(MESSAGE, [people.bob.cert])
+
+    broken = sealed.replace(b"Transfer-Encoding: base64", b"Transfer-Encoding: x-uue")
+
+    with pytest.raises(MalformedError):
+        decrypt(broken, people.bob)
