@@ -64,6 +64,20 @@ class RunningRelay:
     servers: list[asyncio.Server] = field(default_factory=list)
 
 
+def _no_protocol_traces(record: logging.LogRecord) -> bool:
+    # aiosmtpd's DEBUG records trace message data line by line ("DATA
+    # readline") and undecodable AUTH blobs: health data and credentials.
+    # They never pass, whatever level an operator configures.
+    return record.levelno > logging.DEBUG
+
+
+def quiet_protocol_traces() -> None:
+    """Drop aiosmtpd's content-bearing DEBUG traces (idempotent)."""
+    logger = logging.getLogger("mail.log")
+    if _no_protocol_traces not in logger.filters:
+        logger.addFilter(_no_protocol_traces)
+
+
 def load_master_key(cfg: Config) -> MasterKey:
     """The master key; created at the default place on first use (zero setup).
 
@@ -117,6 +131,7 @@ async def run_relay(
         raise RelayError("tls: the [tls] table is required to serve")
     data_dir = cfg.relay.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
+    quiet_protocol_traces()
     master = load_master_key(cfg)
     async with contextlib.AsyncExitStack() as stack:
         directory = await open_directory(cfg.directory)
