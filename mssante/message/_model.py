@@ -441,6 +441,12 @@ class Report:
         elif not body.endswith("\n"):
             body += "\n"
         object.__setattr__(self, "body", body)
+        # RFC 5322 §3.2.5: spaces in a display name (a phrase) are folding
+        # white space, one space in meaning.
+        if self.sender_name is not None:
+            object.__setattr__(
+                self, "sender_name", " ".join(self.sender_name.split()) or None
+            )
         if not self.to:
             raise InvalidFieldError("report.to", "at least one recipient")
         for address in (self.sender, *self.to, *self.cc):
