@@ -240,9 +240,8 @@ async def seed(directory: Directory, operator_dn: str) -> None:
         await directory.add(entry)
 
 
-@contextlib.asynccontextmanager
-async def started(files: TlsFiles, cfg: Config) -> AsyncIterator[Harness]:
-    tls = files.directory
+async def seed_data_dir(cfg: Config, files: TlsFiles) -> None:
+    """The test directory entries, the master key and the test accounts."""
     directory = await open_directory(cfg.directory)
     try:
         await seed(directory, files.operator_dn)
@@ -264,6 +263,12 @@ async def started(files: TlsFiles, cfg: Config) -> AsyncIterator[Harness]:
         [patient_address(PATIENT)],
     )
     accounts.close()
+
+
+@contextlib.asynccontextmanager
+async def started(files: TlsFiles, cfg: Config) -> AsyncIterator[Harness]:
+    tls = files.directory
+    await seed_data_dir(cfg, files)
     async with run_relay(cfg, drain_timeout=5) as running:
         yield Harness(
             running=running,

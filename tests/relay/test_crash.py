@@ -1,0 +1,172 @@
+"""Crash safety: a relay killed with SIGKILL under load loses no acknowledged message.
+
+A relay subprocess (``mssante serve``) takes mail from several concurrent
+clients; it is killed with SIGKILL while they are sending. A new relay is
+then started on the same data directory. Every message that got its ``250``
+must be in the recipient's mailbox exactly once, and no message may be there
+twice (RFC 5321 §4.5.5 "MUST NOT lose the message"; exactly-once through the
+store's delivery keys).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import smtplib
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from relay.app import run_relay
+from relay.config import load
+from tests.relay.conftest import DOCTOR, PASSWORD, URGENCES, TlsFiles, seed_data_dir
+from tests.relay.test_smtp import message
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+CLIENTS = 4
+KILL_AFTER_ACKS = 40
+TOKEN = re.compile(rb"crash-token-(\d+-\d+)")
+
+
+def _config_file(tmp_path: Path, tls: Path) -> Path:
+    path = tmp_path / "relay.toml"
+    path.write_text(
+        f"""
+[relay]
+data_dir = "{tmp_path / "data"}"
+domain = "mssante.example"
+local_domains = ["mssante.example", "patient.mssante.example", "medecin.mssante.fr", "ch-paris-1.mssante.fr"]
+
+[tls]
+cert_file = "{tls / "server.pem"}"
+key_file = "{tls / "server.key"}"
+trust_anchors_file = "{tls / "ca.pem"}"
+
+[smtp.submission]
+port = 0
+[smtp.submissions]
+port = 0
+[smtp.mx]
+enabled = false
+
+[auth]
+failure_delay = 0.0
+argon2_time_cost = 1
+argon2_memory_kib = 1024
+argon2_parallelism = 1
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _start(config: Path) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from cli.main import entry_point; entry_point()",
+            "--config",
+            str(config),
+            "serve",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        found = re.search(r"SMTP submission \(STARTTLS\)\s+127\.0\.0\.1:(\d+)", line)
+        if found:
+            return proc, int(found.group(1))
+    proc.kill()
+    raise AssertionError("relay did not start: " + (proc.stdout.read() or ""))
+
+
+def _load(
+    port: int, ca: Path, worker: int, acked: list[str], stop: threading.Event
+) -> None:
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(ca))
+    n = 0
+    while not stop.is_set():
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=5) as c:
+                c.starttls(context=ctx)
+                c.login(DOCTOR.address, PASSWORD)
+                while not stop.is_set():
+                    token = f"{worker}-{n}"
+                    body = message(
+                        DOCTOR.address,
+                        URGENCES.address,
+                        message_id=f"<crash-{token}@medecin.mssante.fr>",
+                    ).replace(b"veuillez", f"crash-token-{token} veuillez".encode())
+                    n += 1
+                    c.sendmail(DOCTOR.address, [URGENCES.address], body)
+                    acked.append(token)
+        except (OSError, smtplib.SMTPException):
+            if stop.is_set():
+                return
+            time.sleep(0.05)
+
+
+async def test_sigkill_under_load_loses_nothing_and_duplicates_nothing(
+    tmp_path: Path, tls_files: TlsFiles
+) -> None:
+    config_path = _config_file(tmp_path, tls_files.directory)
+    cfg = load(config_path)
+    await seed_data_dir(cfg, tls_files)
+    proc, port = _start(config_path)
+    acked: list[str] = []
+    stop = threading.Event()
+    workers = [
+        threading.Thread(
+            target=_load, args=(port, tls_files.directory / "ca.pem", w, acked, stop)
+        )
+        for w in range(CLIENTS)
+    ]
+    try:
+        for w in workers:
+            w.start()
+        deadline = time.monotonic() + 60
+        while len(acked) < KILL_AFTER_ACKS and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(10)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    acknowledged = set(acked)
+    assert len(acknowledged) >= KILL_AFTER_ACKS
+
+    async with run_relay(cfg) as running:
+        assert await running.delivery.drain(within=30)
+        store = running.store
+        stored = [
+            store.fetch(URGENCES.address, "INBOX", m.uid)
+            for m in store.messages(URGENCES.address, "INBOX")
+        ]
+    tokens = Counter(
+        found.group(1).decode() for raw in stored if (found := TOKEN.search(raw))
+    )
+    duplicates = [t for t, count in tokens.items() if count > 1]
+    assert duplicates == []
+    missing = acknowledged - set(tokens)
+    assert missing == set()
