@@ -25,6 +25,7 @@ from relay import policy
 from relay.accounts import AccountStore, LoginThrottle
 from relay.audit import AUDIT_FILE_NAME, AuditEvent, AuditTrail
 from relay.queue.deliver import LocalDelivery
+from relay.queue.notices import success_notices
 from relay.queue.spool import Spool
 from relay.smtp.handler import HandlerContext, RelayHandler
 from relay.smtp.server import RelaySMTP
@@ -152,6 +153,7 @@ async def run_relay(
             audit=audit,
             is_local=local.is_local,
             clock=clock,
+            success_notice=success_notices(cfg.relay.hostname, clock),
         )
         delivery.start()
         stack.push_async_callback(delivery.stop)

@@ -305,3 +305,47 @@ async def test_relay_with_the_ldap_directory(relay_ldap: Harness) -> None:
         )["Subject"]
         == "Compte rendu"
     )
+
+
+async def test_success_dsn_comes_back_to_the_sender(relay: Harness) -> None:
+    from mssante.message import parse_dsn
+
+    def send() -> None:
+        with relay.submission() as c:
+            c.sendmail(
+                DOCTOR.address,
+                [URGENCES.address],
+                message(DOCTOR.address, URGENCES.address),
+                mail_options=["RET=HDRS", "ENVID=lettre+2B42"],
+                rcpt_options=[
+                    "NOTIFY=SUCCESS",
+                    "ORCPT=rfc822;urgences+40ch-paris-1.mssante.fr",
+                ],
+            )
+
+    await relay.run(send)
+    await relay.delivered()
+    inbox = relay.messages(DOCTOR.address)
+    assert len(inbox) == 1
+    dsn = parse_dsn(inbox[0])
+    assert dsn.original_envelope_id == "lettre+42"
+    [status] = dsn.recipients
+    assert status.action.value == "delivered"
+    assert status.final_recipient == URGENCES.address
+    assert status.original_recipient == URGENCES.address
+    assert b"veuillez trouver" not in inbox[0]  # RET=HDRS: headers only
+    assert any(e["event"] == "dsn.sent" for e in relay.audit_events())
+
+
+async def test_no_dsn_without_notify_success(relay: Harness) -> None:
+    def send() -> None:
+        with relay.submission() as c:
+            c.sendmail(
+                DOCTOR.address,
+                [URGENCES.address],
+                message(DOCTOR.address, URGENCES.address),
+            )
+
+    await relay.run(send)
+    await relay.delivered()
+    assert relay.messages(DOCTOR.address) == []
