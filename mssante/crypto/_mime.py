@@ -24,7 +24,13 @@ CRLF: Final = b"\r\n"
 
 
 def canonicalize(data: bytes) -> bytes:
-    """CRLF line ends everywhere (RFC 8551 §3.1.1, RFC 5322 §2.1)."""
+    """CRLF line ends everywhere (RFC 8551 §3.1.1, RFC 5322 §2.1).
+
+    Lone CRs are left alone. Already canonical input (every LF after a CR,
+    the case for mail off the wire) is returned as is, without copying.
+    """
+    if data.count(b"\n") == data.count(CRLF):
+        return data
     return data.replace(CRLF, b"\n").replace(b"\n", CRLF)
 
 
@@ -32,11 +38,14 @@ def split_header_block(data: bytes) -> tuple[bytes, bytes]:
     """Header block (without the blank line) and body."""
     if data.startswith((CRLF, b"\n")):
         return b"", data[2 if data.startswith(CRLF) else 1 :]
-    ends = [(i, sep) for sep in (b"\r\n\r\n", b"\n\n") if (i := data.find(sep)) >= 0]
-    if not ends:
-        return data, b""
-    index, sep = min(ends)
-    return data[:index], data[index + len(sep) :]
+    crlf = data.find(b"\r\n\r\n")
+    # A bare-LF blank line counts only if it comes first; search no further.
+    lf = data.find(b"\n\n", 0, len(data) if crlf < 0 else crlf)
+    if lf >= 0:
+        return data[:lf], data[lf + 2 :]
+    if crlf >= 0:
+        return data[:crlf], data[crlf + 4 :]
+    return data, b""
 
 
 def _fields(block: bytes) -> list[bytes]:
@@ -78,7 +87,7 @@ def split_message(message: bytes) -> tuple[bytes, bytes]:
         elif name != b"mime-version":
             outer.append(field)
     head = b"".join(f + CRLF for f in outer)
-    entity = b"".join(f + CRLF for f in inner) + CRLF + canonicalize(body)
+    entity = b"".join([*(f + CRLF for f in inner), CRLF, canonicalize(body)])
     return head, entity
 
 
@@ -86,7 +95,7 @@ def join_message(outer: bytes, entity: bytes) -> bytes:
     """Put outer header fields back on an entity (inverse of split_message)."""
     if not outer:
         return entity
-    return outer + b"MIME-Version: 1.0" + CRLF + entity
+    return b"".join((outer, b"MIME-Version: 1.0", CRLF, entity))
 
 
 def headers_of(block: bytes) -> Message:

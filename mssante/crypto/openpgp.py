@@ -32,7 +32,6 @@ import gnupg
 
 from mssante.crypto._errors import MalformedError, OpenPGPError
 from mssante.crypto._mime import (
-    CRLF,
     canonicalize,
     headers_of,
     join_message,
@@ -174,46 +173,21 @@ class Keyring:
             raise OpenPGPError(f"gpg could not encrypt: {result.status}")
         boundary = new_boundary()
         # RFC 3156 §4: control part "Version: 1", then the OpenPGP message.
-        encrypted = (
-            b'Content-Type: multipart/encrypted; protocol="'
-            + PGP_ENCRYPTED.encode("ascii")
-            + b'";'
-            + CRLF
-            + b' boundary="'
-            + boundary
-            + b'"'
-            + CRLF
-            + CRLF
-            + b"This is an OpenPGP/MIME encrypted message (RFC 3156)."
-            + CRLF
-            + b"--"
-            + boundary
-            + CRLF
-            + b"Content-Type: application/pgp-encrypted"
-            + CRLF
-            + b"Content-Description: PGP/MIME version identification"
-            + CRLF
-            + CRLF
-            + b"Version: 1"
-            + CRLF
-            + CRLF
-            + b"--"
-            + boundary
-            + CRLF
-            + b'Content-Type: application/octet-stream; name="encrypted.asc"'
-            + CRLF
-            + b"Content-Description: OpenPGP encrypted message"
-            + CRLF
-            + b'Content-Disposition: inline; filename="encrypted.asc"'
-            + CRLF
-            + CRLF
-            + canonicalize(result.data)
-            + CRLF
-            + b"--"
-            + boundary
-            + b"--"
-            + CRLF
-        )
+        head = (
+            b'Content-Type: multipart/encrypted; protocol="%s";\r\n'
+            b' boundary="%s"\r\n\r\n'
+            b"This is an OpenPGP/MIME encrypted message (RFC 3156).\r\n"
+            b"--%s\r\n"
+            b"Content-Type: application/pgp-encrypted\r\n"
+            b"Content-Description: PGP/MIME version identification\r\n\r\n"
+            b"Version: 1\r\n\r\n"
+            b"--%s\r\n"
+            b'Content-Type: application/octet-stream; name="encrypted.asc"\r\n'
+            b"Content-Description: OpenPGP encrypted message\r\n"
+            b'Content-Disposition: inline; filename="encrypted.asc"\r\n\r\n'
+        ) % (PGP_ENCRYPTED.encode("ascii"), boundary, boundary, boundary)
+        tail = b"\r\n--%s--\r\n" % boundary
+        encrypted = b"".join((head, canonicalize(result.data), tail))
         return join_message(outer, encrypted)
 
     def decrypt_and_verify(

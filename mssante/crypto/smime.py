@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Final
 
 from mssante.crypto._errors import DecryptionError, MalformedError
 from mssante.crypto._mime import (
-    CRLF,
     base64_lines,
     canonicalize,
     decode_body,
@@ -119,18 +118,12 @@ class Unwrapped:
 def _pkcs7_mime(der: bytes) -> bytes:
     smime_type = _SMIME_TYPES[content_type_of(der)]
     # RFC 8551 §3.2.1-3.2.2: name and smime-type parameters.
-    return (
-        b"Content-Type: application/pkcs7-mime; smime-type="
-        + smime_type
-        + b'; name="smime.p7m"'
-        + CRLF
-        + b"Content-Transfer-Encoding: base64"
-        + CRLF
-        + b'Content-Disposition: attachment; filename="smime.p7m"'
-        + CRLF
-        + CRLF
-        + base64_lines(der)
-    )
+    head = (
+        b'Content-Type: application/pkcs7-mime; smime-type=%s; name="smime.p7m"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n"
+        b'Content-Disposition: attachment; filename="smime.p7m"\r\n\r\n'
+    ) % smime_type
+    return head + base64_lines(der)
 
 
 def kind_of(message: bytes) -> Kind:
@@ -196,39 +189,21 @@ def sign(
     der = sign_data(entity, signer, at=at, detached=True, scheme=scheme)
     boundary = new_boundary()
     # RFC 8551 §3.5.3.2: micalg for SHA-256 is "sha-256".
-    signed = (
-        b'Content-Type: multipart/signed; protocol="application/pkcs7-signature";'
-        + CRLF
-        + b' micalg=sha-256; boundary="'
-        + boundary
-        + b'"'
-        + CRLF
-        + CRLF
-        + b"This is a cryptographically signed message in MIME format."
-        + CRLF
-        + CRLF
-        + b"--"
-        + boundary
-        + CRLF
-        + entity
-        + CRLF
-        + b"--"
-        + boundary
-        + CRLF
-        + b'Content-Type: application/pkcs7-signature; name="smime.p7s"'
-        + CRLF
-        + b"Content-Transfer-Encoding: base64"
-        + CRLF
-        + b'Content-Disposition: attachment; filename="smime.p7s"'
-        + CRLF
-        + CRLF
-        + base64_lines(der)
-        + CRLF
-        + b"--"
-        + boundary
-        + b"--"
-        + CRLF
-    )
+    head = (
+        b'Content-Type: multipart/signed; protocol="application/pkcs7-signature";\r\n'
+        b' micalg=sha-256; boundary="%s"\r\n\r\n'
+        b"This is a cryptographically signed message in MIME format.\r\n\r\n"
+        b"--%s\r\n"
+    ) % (boundary, boundary)
+    signature_head = (
+        b"\r\n--%s\r\n"
+        b'Content-Type: application/pkcs7-signature; name="smime.p7s"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n"
+        b'Content-Disposition: attachment; filename="smime.p7s"\r\n\r\n'
+    ) % boundary
+    tail = b"\r\n--%s--\r\n" % boundary
+    # one join: the entity may be megabytes, copy it once
+    signed = b"".join((head, entity, signature_head, base64_lines(der), tail))
     return join_message(outer, signed)
 
 
