@@ -399,3 +399,18 @@ def test_non_key_transport_recipient_infos_are_skipped(people: People) -> None:
     swapped = with_kek.replace(ours + kek, kek + ours)
 
     assert decrypt_envelope(swapped, people.bob) == CONTENT
+
+
+@pytest.mark.parametrize("profile", ["modern", "compat"])
+def test_corrupt_encrypted_key_does_not_decrypt(people: People, profile: str) -> None:
+    from mssante.crypto import RecipientProfile
+
+    recipient = Recipient(people.bob.cert, RecipientProfile(profile))
+    blob = encrypt_envelope(CONTENT, [recipient])
+
+    def corrupt(info: cms.ContentInfo) -> None:
+        ktri = info["content"]["recipient_infos"][0].chosen
+        ktri["encrypted_key"] = b"\x01" * 256
+
+    with pytest.raises(DecryptionError):
+        decrypt_envelope(edited(blob, corrupt), people.bob)
