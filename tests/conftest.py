@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from directory.protocol import Directory
 
-pytest_plugins = ["tests.support.ldap_fixtures"]
+pytest_plugins = ["tests.support.ldap_fixtures", "tests.support.relay_fixtures"]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("ldap", marks=pytest.mark.slapd)])

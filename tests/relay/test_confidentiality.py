@@ -13,12 +13,12 @@ import logging
 from email.message import EmailMessage
 from typing import TYPE_CHECKING
 
-from tests.relay.conftest import DOCTOR, PASSWORD, PATIENT, patient_address
+from tests.support.relay_fixtures import DOCTOR, PASSWORD, PATIENT, patient_address
 
 if TYPE_CHECKING:
     import pytest
 
-    from tests.relay.conftest import Harness
+    from tests.support.relay_fixtures import Harness
 
 MARKER = "ZQXJ-MARKER-7731"
 

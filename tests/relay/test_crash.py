@@ -24,8 +24,14 @@ from typing import TYPE_CHECKING
 
 from relay.app import run_relay
 from relay.config import load
-from tests.relay.conftest import DOCTOR, PASSWORD, URGENCES, TlsFiles, seed_data_dir
 from tests.relay.test_smtp import message
+from tests.support.relay_fixtures import (
+    DOCTOR,
+    PASSWORD,
+    URGENCES,
+    TlsFiles,
+    seed_data_dir,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.relay.conftest import (
+from tests.relay.test_smtp import message
+from tests.support.relay_fixtures import (
     COLLEAGUE,
     DOCTOR,
     PASSWORD,
@@ -18,10 +19,9 @@ from tests.relay.conftest import (
     URGENCES,
     patient_address,
 )
-from tests.relay.test_smtp import message
 
 if TYPE_CHECKING:
-    from tests.relay.conftest import Harness
+    from tests.support.relay_fixtures import Harness
 
 PATIENT_ADDR = patient_address(PATIENT)
 

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.relay.conftest import (
+from tests.relay.test_smtp import message
+from tests.support.relay_fixtures import (
     DOCTOR,
     OPTED_OUT,
     PASSWORD,
@@ -24,12 +25,11 @@ from tests.relay.conftest import (
     URGENCES,
     patient_address,
 )
-from tests.relay.test_smtp import message
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from tests.relay.conftest import Harness
+    from tests.support.relay_fixtures import Harness
 
 PATIENT_ADDR = patient_address(PATIENT)
 

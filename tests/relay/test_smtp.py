@@ -7,10 +7,10 @@ import smtplib
 from email.message import EmailMessage
 from typing import TYPE_CHECKING
 
-from tests.relay.conftest import DOCTOR, PATIENT, URGENCES, patient_address
+from tests.support.relay_fixtures import DOCTOR, PATIENT, URGENCES, patient_address
 
 if TYPE_CHECKING:
-    from tests.relay.conftest import Harness
+    from tests.support.relay_fixtures import Harness
 
 
 def message(

@@ -16,10 +16,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.relay.conftest import DOCTOR, PASSWORD, PATIENT, URGENCES, patient_address
+from tests.support.relay_fixtures import (
+    DOCTOR,
+    PASSWORD,
+    PATIENT,
+    URGENCES,
+    patient_address,
+)
 
 if TYPE_CHECKING:
-    from tests.relay.conftest import Harness
+    from tests.support.relay_fixtures import Harness
 
 SMUGGLED_TO = patient_address(PATIENT)
 
