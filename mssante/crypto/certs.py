@@ -123,6 +123,26 @@ class TrustStore:
     intermediates: tuple[x509.Certificate, ...] = ()
     crls: tuple[bytes, ...] = ()
     revocation_mode: RevocationMode = "hard-fail"
+    # asn1crypto forms, parsed once: a national CRL runs to megabytes.
+    _anchors: tuple[asn1_x509.Certificate, ...] = field(
+        init=False, repr=False, compare=False
+    )
+    _others: tuple[asn1_x509.Certificate, ...] = field(
+        init=False, repr=False, compare=False
+    )
+    _crls: tuple[asn1_crl.CertificateList, ...] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        """Raises ``MalformedError`` for a CRL that is not DER at all."""
+        try:
+            crls = tuple(asn1_crl.CertificateList.load(c) for c in self.crls)
+        except ValueError as exc:
+            raise MalformedError(f"not a DER CRL: {exc}") from exc
+        object.__setattr__(self, "_anchors", tuple(_asn1(c) for c in self.roots))
+        object.__setattr__(self, "_others", tuple(_asn1(c) for c in self.intermediates))
+        object.__setattr__(self, "_crls", crls)
 
     @classmethod
     def from_pem(
@@ -234,11 +254,11 @@ def validate_smime_certificate(
         ``(Reason.VALID, "")`` or the failure reason with pyhanko's text.
     """
     try:
-        crls = [asn1_crl.CertificateList.load(c) for c in trust.crls]
+        # A fresh context per call: pyhanko caches revocation results in it.
         context = ValidationContext(
-            trust_roots=[_asn1(c) for c in trust.roots],
-            other_certs=[_asn1(c) for c in (*trust.intermediates, *extra)],
-            crls=crls,
+            trust_roots=list(trust._anchors),
+            other_certs=[*trust._others, *(_asn1(c) for c in extra)],
+            crls=list(trust._crls),
             moment=at,
             allow_fetching=False,
             revocation_mode=trust.revocation_mode,

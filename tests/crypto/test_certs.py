@@ -195,3 +195,10 @@ def test_certificate_without_key_usage_extension_may_sign(people: People) -> Non
     )
 
     assert got is Reason.VALID, detail
+
+
+def test_crl_that_is_not_der_is_refused_when_the_store_is_built(
+    people: People,
+) -> None:
+    with pytest.raises(MalformedError):
+        TrustStore(roots=people.trust.roots, crls=(b"not a CRL",))
