@@ -169,7 +169,8 @@ def make_demo_tls(tls: TlsSettings, now: datetime) -> bool:
     tls.cert_file.write_bytes(server.fullchain_pem)
     _write_private(tls.key_file, server.key_pem)
     anchors = tls.trust_anchors_file or tls.cert_file.with_name("ca.pem")
-    anchors.write_bytes(pki.root_pem)
+    # Root and intermediates: some clients (swaks) send only their leaf.
+    anchors.write_bytes(pki.root_pem + pki.intermediates_pem)
     tls_dir = tls.cert_file.parent
     (tls_dir / "operator-b.pem").write_bytes(operator.fullchain_pem)
     _write_private(tls_dir / "operator-b.key", operator.key_pem)

@@ -378,13 +378,24 @@ def test_import_with_wrong_header_is_invalid_input(
 
 
 def test_demo_loads_and_is_idempotent(config: Path) -> None:
-    status, text = run(config, "demo")
+    with config.open("a", encoding="utf-8") as f:
+        f.write(
+            '[tls]\ncert_file = "data/tls/server.pem"\nkey_file = "data/tls/server.key"\n'
+            'trust_anchors_file = "data/tls/ca.pem"\n'
+            "[auth]\nargon2_time_cost = 1\nargon2_memory_kib = 1024\nargon2_parallelism = 1\n"
+        )
+    status, text = run(config, "demo", "--no-serve")
     assert status == EXIT_OK, text
     assert "mailboxes added: 1" in text
-    status, again = run(config, "demo")
+    assert "swaks --server" in text
+    accounts = (config.parent / "data" / "demo-accounts.txt").read_text()
+    status, again = run(config, "demo", "--no-serve")
     assert status == EXIT_OK
     assert "mailboxes added: 0" in again
     assert "demo entries added: 0" in again
+    # Same accounts, same passwords, same certificates on a second run.
+    assert (config.parent / "data" / "demo-accounts.txt").read_text() == accounts
+    assert (config.parent / "data" / "tls" / "server.key").stat().st_mode & 0o077 == 0
     found = run_json(config, "directory", "search", "dupont", "--kind", "patient")
     assert isinstance(found, list)
     assert len(found) == 1
