@@ -1,0 +1,71 @@
+"""mssante: the client library of an MSSanté-style secure health messaging space.
+
+The public API is what ``__all__`` lists (``tests/test_exports.py`` checks
+it stays sorted and importable). Practice software builds a :class:`Report`
+for one patient, composes it as an MSSanté message, and reads the DSN and
+MDN receipts that come back::
+
+    from mssante import Author, Document, Patient, Report, compose_message
+
+Message building and parsing live in :mod:`mssante.message`, end-to-end
+cryptography in :mod:`mssante.crypto` (imported on demand: it is larger).
+Every error the library raises derives from :class:`MSSanteError`.
+"""
+
+from __future__ import annotations
+
+from mssante._errors import MSSanteError
+from mssante.crypto._errors import CryptoError
+from mssante.message import (
+    Action,
+    Author,
+    DeliveryStatusNotification,
+    Disposition,
+    DispositionNotification,
+    DispositionType,
+    Document,
+    Institution,
+    IntegrationError,
+    IntegrationErrorCode,
+    MessageError,
+    Patient,
+    ReceivedMessage,
+    RecipientStatus,
+    Report,
+    Sex,
+    Software,
+    compose_dsn,
+    compose_mdn,
+    compose_message,
+    parse_dsn,
+    parse_mdn,
+    parse_message,
+)
+
+__all__ = [
+    "Action",
+    "Author",
+    "CryptoError",
+    "DeliveryStatusNotification",
+    "Disposition",
+    "DispositionNotification",
+    "DispositionType",
+    "Document",
+    "Institution",
+    "IntegrationError",
+    "IntegrationErrorCode",
+    "MSSanteError",
+    "MessageError",
+    "Patient",
+    "ReceivedMessage",
+    "RecipientStatus",
+    "Report",
+    "Sex",
+    "Software",
+    "compose_dsn",
+    "compose_mdn",
+    "compose_message",
+    "parse_dsn",
+    "parse_mdn",
+    "parse_message",
+]

@@ -7,7 +7,7 @@ message, it returns a :class:`~mssante.crypto.Verification` with a reason.
 
 ::
 
-    CryptoError                 root (will sit under MSSanteError)
+    CryptoError                 root, under MSSanteError
     ├── MalformedError          input is not the CMS / MIME / PEM it claims to be
     ├── DecryptionError         no recipient info for our certificate, wrong key,
     │                           integrity tag or padding failure
@@ -17,8 +17,10 @@ message, it returns a :class:`~mssante.crypto.Verification` with a reason.
 
 from __future__ import annotations
 
+from mssante._errors import MSSanteError
 
-class CryptoError(Exception):
+
+class CryptoError(MSSanteError):
     """Root of every error raised by ``mssante.crypto``."""
 
 

@@ -1,7 +1,7 @@
 """Errors of the MSSanté message profile.
 
 Every error raised by ``mssante.message`` derives from :class:`MessageError`,
-which is meant to sit under the library root ``MSSanteError`` once that exists.
+which sits under the library root ``MSSanteError``.
 A caller that builds or reads a message catches ``MessageError``; the
 subclasses say which rule was broken, and the message names the field::
 
@@ -20,8 +20,10 @@ subclasses say which rule was broken, and the message names the field::
 
 from __future__ import annotations
 
+from mssante._errors import MSSanteError
 
-class MessageError(Exception):
+
+class MessageError(MSSanteError):
     """Root of every error of the message profile."""
 
 
