@@ -1,0 +1,120 @@
+"""The IMAP protocol core, sans-IO (RFC 3501, RFC 9051 where they agree).
+
+Bytes in, events out; events in, bytes out. No socket, no event loop, no
+clock: the relay's asyncio server (``relay/imap``) and tests drive it the
+same way. See :class:`Connection` for the contract and ``_state.py`` for the
+session state machine.
+"""
+
+from mssante.proto.imap._connection import (
+    DEFAULT_MAX_COMMAND_SIZE,
+    DEFAULT_MAX_LINE_LENGTH,
+    DEFAULT_MAX_LITERAL_SIZE,
+    DEFAULT_MAX_UNAUTHENTICATED_LITERAL_SIZE,
+    NEED_DATA,
+    PAUSED,
+    SERVER,
+    Connection,
+    Role,
+    Sentinel,
+)
+from mssante.proto.imap._errors import (
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+)
+from mssante.proto.imap._events import (
+    Atom,
+    CommandReceived,
+    ConnectionClosed,
+    ContinuationReceived,
+    ContinuationRequest,
+    Event,
+    InvalidCommandReceived,
+    LiteralAwaited,
+    Raw,
+    Status,
+    Tagged,
+    Untagged,
+    Value,
+)
+from mssante.proto.imap._grammar import (
+    FetchItem,
+    SearchKey,
+    Section,
+    SequenceSet,
+    astring,
+    atom,
+    decode_mailbox,
+    encode_mailbox,
+    format_datetime,
+    number,
+    parse_date,
+    parse_datetime,
+    parse_fetch_items,
+    parse_flags,
+    parse_search,
+    parse_sequence_set,
+)
+from mssante.proto.imap._reader import CommandSyntaxError
+from mssante.proto.imap._state import (
+    COMMANDS_BY_STATE,
+    TRANSITIONS,
+    UID_COMMANDS,
+    State,
+    Transition,
+)
+from mssante.proto.imap._writer import encode_value, encode_values
+
+__all__ = [
+    "COMMANDS_BY_STATE",
+    "DEFAULT_MAX_COMMAND_SIZE",
+    "DEFAULT_MAX_LINE_LENGTH",
+    "DEFAULT_MAX_LITERAL_SIZE",
+    "DEFAULT_MAX_UNAUTHENTICATED_LITERAL_SIZE",
+    "NEED_DATA",
+    "PAUSED",
+    "SERVER",
+    "TRANSITIONS",
+    "UID_COMMANDS",
+    "Atom",
+    "CommandReceived",
+    "CommandSyntaxError",
+    "Connection",
+    "ConnectionClosed",
+    "ContinuationReceived",
+    "ContinuationRequest",
+    "Event",
+    "FetchItem",
+    "InvalidCommandReceived",
+    "LiteralAwaited",
+    "LocalProtocolError",
+    "ProtocolError",
+    "Raw",
+    "RemoteProtocolError",
+    "Role",
+    "SearchKey",
+    "Section",
+    "Sentinel",
+    "SequenceSet",
+    "State",
+    "Status",
+    "Tagged",
+    "Transition",
+    "Untagged",
+    "Value",
+    "astring",
+    "atom",
+    "decode_mailbox",
+    "encode_mailbox",
+    "encode_value",
+    "encode_values",
+    "format_datetime",
+    "number",
+    "parse_date",
+    "parse_datetime",
+    "parse_fetch_items",
+    "parse_flags",
+    "parse_search",
+    "parse_sequence_set",
+]
