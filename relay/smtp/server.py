@@ -58,8 +58,8 @@ _DEFAULT_STATUS: Final = {
 
 
 def xtext_decode(value: str) -> str:
-    """RFC 3461 §4: ``+XX`` is the byte with hex value XX."""
-    out = []
+    """RFC 3461 §4: ``+XX`` is the byte with hex value XX; the bytes are UTF-8."""
+    out = bytearray()
     i = 0
     while i < len(value):
         c = value[i]
@@ -69,14 +69,14 @@ def xtext_decode(value: str) -> str:
                 h in "0123456789ABCDEFabcdef" for h in hex_digits
             ):
                 raise ValueError("bad xtext escape")
-            out.append(chr(int(hex_digits, 16)))
+            out.append(int(hex_digits, 16))
             i += 3
         else:
             if not 33 <= ord(c) <= 126 or c == "=":
                 raise ValueError("bad xtext character")
-            out.append(c)
+            out.append(ord(c))
             i += 1
-    return "".join(out)
+    return out.decode("utf-8")
 
 
 def _split_params(arg: str, wanted: frozenset[str]) -> tuple[str, dict[str, str], str]:
