@@ -223,20 +223,21 @@ async def lookups(db: Path, n: int, seed: int = 3) -> list[Figure]:
             (
                 "lookup_mailbox",
                 d.mailbox,
-                "SELECT data FROM entries WHERE kind='mailbox' AND key=?",
+                "SELECT data, status, source FROM entries WHERE kind='mailbox' AND key=?",
                 addresses,
             ),
             (
                 "lookup_practitioner",
                 d.practitioner,
-                "SELECT data FROM entries WHERE kind='practitioner' AND key=?",
+                "SELECT data, status, source FROM entries"
+                " WHERE kind='practitioner' AND key=?",
                 practitioners,
             ),
             (
                 "resolve",
                 d.resolve,
-                "SELECT kind, data FROM entries WHERE addr=?"
-                " AND kind IN ('mailbox','patient')",
+                # a mailbox address is its key (patients': the addr column)
+                "SELECT data, status, source FROM entries WHERE kind='mailbox' AND key=?",
                 addresses,
             ),
         ]

@@ -36,7 +36,8 @@ from directory.model import (
     Patient,
     Practitioner,
     Status,
-    content_digest,
+    digest_of,
+    encode_content,
     key_of,
     with_status,
 )
@@ -86,6 +87,7 @@ class Write:
     digest: str
     status_origin: StatusOrigin
     insert: bool  # True: new key; False: replace the stored entry
+    content: str = ""  # encode_content(entry): computed once, for the digest
 
 
 @dataclass(slots=True)
@@ -129,11 +131,12 @@ def plan_batch(
         else:
             combined[key] = merge(earlier, entry)
     for key, entry in combined.items():
-        digest = content_digest(entry)
+        content = encode_content(entry)
+        digest = digest_of(content)
         state = stored.get(key)
         if state is None:
             plan.writes.append(
-                Write(key, entry, digest, StatusOrigin.IMPORT, insert=True)
+                Write(key, entry, digest, StatusOrigin.IMPORT, True, content)
             )
             plan.counts.added += 1
             continue
@@ -147,7 +150,7 @@ def plan_batch(
             plan.counts.unchanged += not same_run
             continue
         plan.writes.append(
-            Write(key, with_status(entry, status), digest, origin, insert=False)
+            Write(key, with_status(entry, status), digest, origin, False, content)
         )
         plan.counts.updated += not same_run
     return plan

@@ -3,20 +3,29 @@
 Storage layout (one file, ``directory.sqlite3`` in the data directory):
 
 - ``entries``: one row per entry, ``(kind, key)`` primary key (a rowid
-  table: rows are ~1 KB, too wide for ``WITHOUT ROWID`` to pay), the entry as a
-  JSON record (:func:`directory.model.to_record`), its content digest, status,
-  who set the status, source and last import run, and derived columns that
-  lookups use: ``addr`` (mailbox or patient address), ``owner`` (mailbox owner,
-  delegation account), ``ref`` (delegation mailbox), ``search`` (lower-cased
-  text for substring search). Each derived column has an index.
+  table: rows are wide, too wide for ``WITHOUT ROWID`` to pay); ``data`` is
+  the entry's content encoding (:func:`directory.model.encode_content`, the
+  very text its ``digest`` hashes); ``status``, ``source`` are columns (not in
+  ``data``), with who set the status and the last import run that saw the
+  entry; and derived columns that lookups use: ``addr`` (a patient's address;
+  a mailbox is found by its key), ``owner`` (mailbox owner, delegation
+  account), ``ref`` (delegation mailbox), ``search`` (lower-cased text for
+  substring search). Each derived column has an index.
 - ``certs``: certificate fingerprint -> mailbox address.
 - ``operator_dns``: normalised subject DN -> operator domain.
 - ``meta``: small named values.
 
-Concurrency: one worker thread owns the connection; every call runs there in
-order (the connection is never shared between threads). WAL mode, so that a
-second process (the CLI while the relay runs) can read while one writes.
-A write is one transaction; a failed batch leaves nothing behind.
+Decoding: ``data`` was written here from a validated entry, so it is decoded
+without validating again (:func:`directory.model.decode_content`); what comes
+from outside (keys to look up, entries to add) is validated as always.
+
+Concurrency: one worker thread owns the writing connection; every write and
+every multi-row read runs there in order. Point lookups (an entry by key,
+``resolve``, by certificate) run on the caller's thread through a read-only
+connection of that thread: WAL lets readers run beside the writer, and a
+statement is always read to its end, so no read transaction stays open. A
+second process (the CLI while the relay runs) reads the same way. A write is
+one transaction; a failed batch leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -24,8 +33,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
 import sqlite3
+import threading
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from directory import identifiers as ids
@@ -46,11 +55,11 @@ from directory.model import (
     Practitioner,
     Status,
     canonical_key,
-    content_digest,
-    from_record,
+    decode_content,
+    digest_of,
+    encode_content,
     key_of,
     kind_of,
-    to_record,
     with_status,
 )
 from directory.protocol import (
@@ -73,6 +82,16 @@ DEFAULT_FILENAME: Final = "directory.sqlite3"
 _IN_CHUNK: Final = 900
 # Rows fetched per round trip when streaming a whole kind (export).
 _STREAM_CHUNK: Final = 2000
+# Page cache of the writing connection, in KiB (SQLite's default is 2 MB): an
+# import touches index pages all over the key space; 64 MB holds the key
+# index of the national MSSanté extraction.
+_WRITER_CACHE_KIB: Final = 64 * 1024
+# WAL pages between automatic checkpoints (default 1000, 4 MB): fewer, larger
+# checkpoints during imports; the WAL file is reset after each one.
+_WAL_AUTOCHECKPOINT_PAGES: Final = 16384
+# How long a point read on the caller's thread may wait for a lock (WAL
+# readers wait only while a crashed writer's WAL is recovered).
+_READER_BUSY_MS: Final = 1000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -93,7 +112,9 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE INDEX IF NOT EXISTS entries_addr ON entries(addr) WHERE addr IS NOT NULL;
 CREATE INDEX IF NOT EXISTS entries_owner ON entries(kind, owner) WHERE owner IS NOT NULL;
 CREATE INDEX IF NOT EXISTS entries_ref ON entries(kind, ref) WHERE ref IS NOT NULL;
-CREATE INDEX IF NOT EXISTS entries_source ON entries(kind, source, last_run);
+-- suspend_absent scans one kind through the primary key; an index on
+-- last_run would be rewritten by every entry an import sees again.
+DROP INDEX IF EXISTS entries_source;
 CREATE TABLE IF NOT EXISTS certs (
     fingerprint TEXT PRIMARY KEY,
     address TEXT NOT NULL
@@ -118,9 +139,9 @@ _Row = tuple[
 def _derived(entry: Entry) -> tuple[str | None, str | None, str | None, str]:
     """(addr, owner, ref, search) columns of an entry."""
     match entry:
-        case Mailbox():
+        case Mailbox():  # found by its key: no addr
             words = [entry.address, entry.display_name, entry.service, entry.owner_id]
-            return entry.address, entry.owner_id, None, " ".join(words).lower()
+            return None, entry.owner_id, None, " ".join(words).lower()
         case Patient():
             words = [
                 entry.ins,
@@ -146,12 +167,11 @@ def _derived(entry: Entry) -> tuple[str | None, str | None, str | None, str]:
             return None, None, None, " ".join([entry.domain, entry.description]).lower()
 
 
-def _dump(entry: Entry) -> str:
-    return json.dumps(to_record(entry), ensure_ascii=False, separators=(",", ":"))
+_ENTRY_COLUMNS: Final = "data, status, source"  # what _load takes, in order
 
 
-def _load(kind: Kind, data: str) -> Entry:
-    return from_record(json.loads(data), kind)
+def _load(kind: Kind, data: str, status: str, source: str) -> Entry:
+    return decode_content(kind, data, status, source)
 
 
 class SqliteDirectory:
@@ -163,6 +183,10 @@ class SqliteDirectory:
             max_workers=1, thread_name_prefix="directory-sqlite"
         )
         self._conn: sqlite3.Connection | None = None
+        self._local = threading.local()  # .reader: this thread's read connection
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
 
     @classmethod
     async def open(cls, path: Path) -> SqliteDirectory:
@@ -177,6 +201,8 @@ class SqliteDirectory:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute(f"PRAGMA cache_size=-{_WRITER_CACHE_KIB}")
+        conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
         conn.executescript(_SCHEMA)
         self._conn = conn
 
@@ -186,6 +212,28 @@ class SqliteDirectory:
             raise DirectoryUnavailableError("directory is closed")
         return self._conn
 
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection (opened on first use)."""
+        reader: sqlite3.Connection | None = getattr(self._local, "reader", None)
+        if reader is not None:
+            return reader
+        if self._closed:
+            raise DirectoryUnavailableError("directory is closed")
+        uri = self._path.resolve().as_uri() + "?mode=ro"
+        reader = sqlite3.connect(uri, uri=True, isolation_level=None)
+        reader.execute(f"PRAGMA busy_timeout={_READER_BUSY_MS}")
+        self._local.reader = reader
+        with self._readers_lock:
+            self._readers.append(reader)
+        return reader
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a point read on this thread's read connection."""
+        try:
+            return fn(self._reader())
+        except sqlite3.Error as exc:
+            raise DirectoryUnavailableError(f"sqlite: {exc}") from exc
+
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
         try:
@@ -194,9 +242,18 @@ class SqliteDirectory:
             raise DirectoryUnavailableError(f"sqlite: {exc}") from exc
 
     async def close(self) -> None:
+        self._closed = True
         if self._conn is not None:
             await self._run(self._close)
         self._executor.shutdown(wait=True)
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for reader in readers:
+            # sqlite3 objects may only be closed by their thread unless
+            # check_same_thread is off; a reader of another thread is left
+            # to be closed by the garbage collector with that thread.
+            with contextlib.suppress(sqlite3.ProgrammingError):
+                reader.close()
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -216,14 +273,17 @@ class SqliteDirectory:
 
     # --- lookups ---------------------------------------------------------
 
-    def _get(self, kind: Kind, key: str) -> Entry | None:
-        row = self._db.execute(
-            "SELECT data FROM entries WHERE kind=? AND key=?", (kind.value, key)
-        ).fetchone()
-        return None if row is None else _load(kind, row[0])
+    @staticmethod
+    def _get_on(db: sqlite3.Connection, kind: Kind, key: str) -> Entry | None:
+        rows = db.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE kind=? AND key=?",
+            (kind.value, key),
+        ).fetchall()
+        return _load(kind, *rows[0]) if rows else None
 
     async def get(self, kind: Kind, key: str) -> Entry | None:
-        return await self._run(self._get, kind, canonical_key(kind, key))
+        canonical = canonical_key(kind, key)
+        return self._read(lambda db: self._get_on(db, kind, canonical))
 
     async def practitioner(self, national_id_or_rpps: str) -> Practitioner | None:
         entry = await self.get(Kind.PRACTITIONER, national_id_or_rpps)
@@ -250,40 +310,54 @@ class SqliteDirectory:
         assert entry is None or isinstance(entry, Operator)  # noqa: S101
         return entry
 
-    def _resolve(self, address: str) -> Mailbox | Patient | None:
-        row = self._db.execute(
-            "SELECT kind, data FROM entries WHERE addr=? AND kind IN ('mailbox','patient')",
-            (address,),
-        ).fetchone()
-        if row is None:
-            return None
-        entry = _load(Kind(row[0]), row[1])
-        assert isinstance(entry, Mailbox | Patient)  # noqa: S101
-        return entry
+    @staticmethod
+    def _resolve_on(db: sqlite3.Connection, address: str) -> Mailbox | Patient | None:
+        found = SqliteDirectory._get_on(db, Kind.MAILBOX, address)
+        if found is None:
+            rows = db.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE addr=? AND kind='patient'",
+                (address,),
+            ).fetchall()
+            found = _load(Kind.PATIENT, *rows[0]) if rows else None
+        assert found is None or isinstance(found, Mailbox | Patient)  # noqa: S101
+        return found
 
     async def resolve(self, address: str) -> Mailbox | Patient | None:
-        return await self._run(self._resolve, ids.address(address))
+        canonical = ids.address(address)
+        return self._read(lambda db: self._resolve_on(db, canonical))
+
+    @staticmethod
+    def _select_on(
+        db: sqlite3.Connection, sql: str, args: Sequence[object]
+    ) -> list[Entry]:
+        return [_load(Kind(k), *rest) for k, *rest in db.execute(sql, args).fetchall()]
 
     def _select(self, sql: str, args: Sequence[object]) -> list[Entry]:
-        return [_load(Kind(k), d) for k, d in self._db.execute(sql, args)]
+        return self._select_on(self._db, sql, args)
 
     async def operators_for_certificate(self, subject_dn: str) -> list[Operator]:
         dn = ids.distinguished_name(subject_dn, "subject_dn")
-        found = await self._run(
-            self._select,
-            "SELECT e.kind, e.data FROM operator_dns d JOIN entries e"
-            " ON e.kind='operator' AND e.key=d.domain WHERE d.dn=? ORDER BY e.key",
-            (dn,),
+        found = self._read(
+            lambda db: self._select_on(
+                db,
+                "SELECT e.kind, e.data, e.status, e.source FROM operator_dns d"
+                " JOIN entries e ON e.kind='operator' AND e.key=d.domain"
+                " WHERE d.dn=? ORDER BY e.key",
+                (dn,),
+            )
         )
         return [e for e in found if isinstance(e, Operator)]
 
     async def mailbox_for_certificate(self, fingerprint: str) -> Mailbox | None:
         fp = ids.sha256_fingerprint(fingerprint)
-        found = await self._run(
-            self._select,
-            "SELECT e.kind, e.data FROM certs c JOIN entries e"
-            " ON e.kind='mailbox' AND e.key=c.address WHERE c.fingerprint=?",
-            (fp,),
+        found = self._read(
+            lambda db: self._select_on(
+                db,
+                "SELECT e.kind, e.data, e.status, e.source FROM certs c"
+                " JOIN entries e ON e.kind='mailbox' AND e.key=c.address"
+                " WHERE c.fingerprint=?",
+                (fp,),
+            )
         )
         return next((e for e in found if isinstance(e, Mailbox)), None)
 
@@ -291,7 +365,8 @@ class SqliteDirectory:
         owner = owner_id.strip().upper()
         found = await self._run(
             self._select,
-            "SELECT kind, data FROM entries WHERE kind='mailbox' AND owner=? ORDER BY key",
+            f"SELECT kind, {_ENTRY_COLUMNS} FROM entries"
+            " WHERE kind='mailbox' AND owner=? ORDER BY key",
             (owner,),
         )
         return [e for e in found if isinstance(e, Mailbox)]
@@ -299,7 +374,7 @@ class SqliteDirectory:
     async def delegations(
         self, *, account: str | None = None, mailbox: str | None = None
     ) -> list[Delegation]:
-        sql = "SELECT kind, data FROM entries WHERE kind='delegation'"
+        sql = f"SELECT kind, {_ENTRY_COLUMNS} FROM entries WHERE kind='delegation'"
         args: list[object] = []
         if account is not None:
             sql += " AND owner=?"
@@ -318,7 +393,10 @@ class SqliteDirectory:
             + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             + "%"
         )
-        sql = "SELECT kind, data FROM entries WHERE search LIKE ? ESCAPE '\\'"
+        sql = (
+            f"SELECT kind, {_ENTRY_COLUMNS} FROM entries"
+            " WHERE search LIKE ? ESCAPE '\\'"
+        )
         args: list[object] = [pattern]
         if kind is not None:
             sql += " AND kind=?"
@@ -327,17 +405,18 @@ class SqliteDirectory:
         args.append(limit)
         return await self._run(self._select, sql, args)
 
-    def _page(self, kind: Kind, after: str) -> list[tuple[str, str]]:
+    def _page(self, kind: Kind, after: str) -> list[tuple[str, str, str, str]]:
         return self._db.execute(
-            "SELECT key, data FROM entries WHERE kind=? AND key>? ORDER BY key LIMIT ?",
+            f"SELECT key, {_ENTRY_COLUMNS} FROM entries"
+            " WHERE kind=? AND key>? ORDER BY key LIMIT ?",
             (kind.value, after, _STREAM_CHUNK),
         ).fetchall()
 
     async def entries(self, kind: Kind) -> AsyncIterator[Entry]:
         after = ""
         while page := await self._run(self._page, kind, after):
-            for _, data in page:
-                yield _load(kind, data)
+            for _, data, status, source in page:
+                yield _load(kind, data, status, source)
             after = page[-1][0]
 
     def _count(self, kind: Kind) -> int:
@@ -351,14 +430,15 @@ class SqliteDirectory:
 
     # --- changes ---------------------------------------------------------
 
+    @staticmethod
     def _row(
-        self, entry: Entry, digest: str, origin: StatusOrigin, last_run: str
+        entry: Entry, content: str, digest: str, origin: StatusOrigin, last_run: str
     ) -> _Row:
         addr, owner, ref, search = _derived(entry)
         return (
             kind_of(entry).value,
             key_of(entry),
-            _dump(entry),
+            content,
             digest,
             entry.status.value,
             origin.value,
@@ -371,44 +451,57 @@ class SqliteDirectory:
         )
 
     def _write_rows(
-        self, db: sqlite3.Connection, entries: Sequence[Entry], rows: Sequence[_Row]
+        self,
+        db: sqlite3.Connection,
+        entries: Sequence[Entry],
+        rows: Sequence[_Row],
+        *,
+        new: bool = False,
     ) -> None:
         db.executemany(
             "INSERT OR REPLACE INTO entries (kind, key, data, digest, status, status_origin,"
             " source, last_run, addr, owner, ref, search) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             rows,
         )
-        self._index_side_tables(db, entries)
+        self._index_side_tables(db, entries, new=new)
 
     def _index_side_tables(
-        self, db: sqlite3.Connection, entries: Sequence[Entry]
+        self, db: sqlite3.Connection, entries: Sequence[Entry], *, new: bool
     ) -> None:
+        """Certificates and operator DNs of ``entries``; ``new``: none stored yet."""
         mailboxes = [e for e in entries if isinstance(e, Mailbox)]
         operators = [e for e in entries if isinstance(e, Operator)]
         if mailboxes:
-            db.executemany(
-                "DELETE FROM certs WHERE address=?", [(m.address,) for m in mailboxes]
-            )
+            if not new:
+                db.executemany(
+                    "DELETE FROM certs WHERE address=?",
+                    [(m.address,) for m in mailboxes],
+                )
             db.executemany(
                 "INSERT OR REPLACE INTO certs (fingerprint, address) VALUES (?,?)",
                 [(c.fingerprint, m.address) for m in mailboxes for c in m.certificates],
             )
         if operators:
-            db.executemany(
-                "DELETE FROM operator_dns WHERE domain=?",
-                [(o.domain,) for o in operators],
-            )
+            if not new:
+                db.executemany(
+                    "DELETE FROM operator_dns WHERE domain=?",
+                    [(o.domain,) for o in operators],
+                )
             db.executemany(
                 "INSERT OR IGNORE INTO operator_dns (dn, domain) VALUES (?,?)",
                 [(c.subject_dn, o.domain) for o in operators for c in o.certificates],
             )
 
+    def _encoded_row(self, entry: Entry, origin: StatusOrigin, last_run: str) -> _Row:
+        content = encode_content(entry)
+        return self._row(entry, content, digest_of(content), origin, last_run)
+
     def _add(self, entry: Entry) -> None:
         kind, key = kind_of(entry), key_of(entry)
         with self._transaction() as db:
-            if self._get(kind, key) is not None:
+            if self._get_on(db, kind, key) is not None:
                 raise EntryExistsError(kind.value, key)
-            row = self._row(entry, content_digest(entry), StatusOrigin.ADMIN, "")
+            row = self._encoded_row(entry, StatusOrigin.ADMIN, "")
             self._write_rows(db, [entry], [row])
 
     async def add(self, entry: Entry) -> None:
@@ -418,23 +511,23 @@ class SqliteDirectory:
         kind, key = kind_of(entry), key_of(entry)
         with self._transaction() as db:
             row = db.execute(
-                "SELECT data, status_origin, last_run FROM entries WHERE kind=? AND key=?",
+                f"SELECT {_ENTRY_COLUMNS}, status_origin, last_run FROM entries"
+                " WHERE kind=? AND key=?",
                 (kind.value, key),
             ).fetchone()
             if row is None:
                 raise EntryNotFoundError(kind.value, key)
-            old = _load(kind, row[0])
+            data, status, source, stored_origin, last_run = row
+            old = _load(kind, data, status, source)
             if (
                 isinstance(old, Mailbox)
                 and isinstance(entry, Mailbox)
                 and old.bal_type != entry.bal_type
             ):
                 raise ImmutableFieldError(kind.value, key, "bal_type")
-            new_origin = origin or StatusOrigin(row[1])
+            new_origin = origin or StatusOrigin(stored_origin)
             self._write_rows(
-                db,
-                [entry],
-                [self._row(entry, content_digest(entry), new_origin, row[2])],
+                db, [entry], [self._encoded_row(entry, new_origin, last_run)]
             )
 
     async def replace(self, entry: Entry) -> None:
@@ -459,14 +552,18 @@ class SqliteDirectory:
             chunk = keys[i : i + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
             sql = (
-                "SELECT key, digest, status, status_origin, last_run,"
+                "SELECT key, digest, status, status_origin, last_run, source,"
                 " CASE WHEN last_run=? THEN data END"
                 f" FROM entries WHERE kind=? AND key IN ({marks})"
             )
-            for key, digest, status, origin, last_run, data in self._db.execute(
+            for key, digest, status, origin, last_run, source, data in self._db.execute(
                 sql, (run_id, kind.value, *chunk)
             ):
-                entry = _load(kind, data) if (want_entry and data is not None) else None
+                entry = (
+                    _load(kind, data, status, source)
+                    if (want_entry and data is not None)
+                    else None
+                )
                 states[key] = StoredState(
                     digest, Status(status), StatusOrigin(origin), last_run, entry
                 )
@@ -486,14 +583,25 @@ class SqliteDirectory:
                 run.run_id,
                 merge,
             )
-            self._write_rows(
-                db,
-                [w.entry for w in plan.writes],
-                [
-                    self._row(w.entry, w.digest, w.status_origin, run.run_id)
-                    for w in plan.writes
-                ],
-            )
+            inserts = [w for w in plan.writes if w.insert]
+            updates = [w for w in plan.writes if not w.insert]
+            for writes, new in ((inserts, True), (updates, False)):
+                if writes:
+                    self._write_rows(
+                        db,
+                        [w.entry for w in writes],
+                        [
+                            self._row(
+                                w.entry,
+                                w.content,
+                                w.digest,
+                                w.status_origin,
+                                run.run_id,
+                            )
+                            for w in writes
+                        ],
+                        new=new,
+                    )
             db.executemany(
                 "UPDATE entries SET last_run=? WHERE kind=? AND key=?",
                 [(run.run_id, kind.value, k) for k in plan.touch],
@@ -507,20 +615,14 @@ class SqliteDirectory:
 
     def _suspend_absent(self, kind: Kind, run: ImportRun) -> list[str]:
         with self._transaction() as db:
+            # Status is a column, not part of the stored content: one UPDATE.
             rows = db.execute(
-                "SELECT key, data FROM entries WHERE kind=? AND source=? AND last_run<>?"
-                " AND status='active'",
+                "UPDATE entries SET status='suspended', status_origin='import'"
+                " WHERE kind=? AND source=? AND last_run<>? AND status='active'"
+                " RETURNING key",
                 (kind.value, run.source, run.run_id),
             ).fetchall()
-            suspended = [
-                with_status(_load(kind, data), Status.SUSPENDED) for _, data in rows
-            ]
-            db.executemany(
-                "UPDATE entries SET data=?, status='suspended', status_origin='import'"
-                " WHERE kind=? AND key=?",
-                [(_dump(e), kind.value, key_of(e)) for e in suspended],
-            )
-        return [key_of(e) for e in suspended]
+        return [key for (key,) in rows]
 
     async def suspend_absent(self, kind: Kind, run: ImportRun) -> list[str]:
         return await self._run(self._suspend_absent, kind, run)
