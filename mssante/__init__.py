@@ -14,7 +14,22 @@ Every error the library raises derives from :class:`MSSanteError`.
 
 from __future__ import annotations
 
-from mssante._errors import MSSanteError
+from mssante._client import Client, SentMessage
+from mssante._config import Timeouts, TLSConfig
+from mssante._errors import (
+    AuthenticationError,
+    ConnectError,
+    MessageRefusedError,
+    MessageTooLargeError,
+    MSSanteError,
+    RecipientsRefusedError,
+    ResponseTimeoutError,
+    SenderRefusedError,
+    SubmissionError,
+    TLSVerificationError,
+    TransportError,
+)
+from mssante._traces import TraceLog
 from mssante.crypto._errors import CryptoError
 from mssante.message import (
     Action,
@@ -44,7 +59,10 @@ from mssante.message import (
 
 __all__ = [
     "Action",
+    "AuthenticationError",
     "Author",
+    "Client",
+    "ConnectError",
     "CryptoError",
     "DeliveryStatusNotification",
     "Disposition",
@@ -56,12 +74,24 @@ __all__ = [
     "IntegrationErrorCode",
     "MSSanteError",
     "MessageError",
+    "MessageRefusedError",
+    "MessageTooLargeError",
     "Patient",
     "ReceivedMessage",
     "RecipientStatus",
+    "RecipientsRefusedError",
     "Report",
+    "ResponseTimeoutError",
+    "SenderRefusedError",
+    "SentMessage",
     "Sex",
     "Software",
+    "SubmissionError",
+    "TLSConfig",
+    "TLSVerificationError",
+    "Timeouts",
+    "TraceLog",
+    "TransportError",
     "compose_dsn",
     "compose_mdn",
     "compose_message",

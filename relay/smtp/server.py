@@ -85,11 +85,14 @@ def _split_params(arg: str, wanted: frozenset[str]) -> tuple[str, dict[str, str]
     Returns the argument without them, the parameters taken (keys upper-cased,
     values as sent) and an error text ("" when all is well).
     """
-    end = arg.rfind(">")
-    head, tail = (arg[: end + 1], arg[end + 1 :]) if end >= 0 else (arg, "")
-    if end < 0:
-        first, _, rest = arg.partition(" ")
-        head, tail = first, rest
+    # The path ends at the first ">" after its "<" (parameters such as an
+    # ENVID may hold ">" themselves).
+    start = arg.find("<")
+    end = arg.find(">", start) if start >= 0 else -1
+    if end >= 0:
+        head, tail = arg[: end + 1], arg[end + 1 :]
+    else:
+        head, _, tail = arg.partition(" ")
     kept: list[str] = []
     taken: dict[str, str] = {}
     for token in tail.split():

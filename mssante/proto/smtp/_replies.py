@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from mssante._errors import MSSanteError
+from mssante._errors import TransportError
 
 # RFC 5321 §4.5.3.1.5 sets 512 octets per reply line; servers in the wild
 # send longer EHLO and error lines, so we allow 4 times that.
@@ -23,7 +23,7 @@ DEFAULT_MAX_REPLY_LINES: Final = 100
 _ENHANCED: Final = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
 
 
-class RemoteProtocolError(MSSanteError):
+class RemoteProtocolError(TransportError):
     """The server sent something that is not an SMTP reply."""
 
 
