@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 from cli import accounts, output
 from cli import audit as audit_cli
+from cli import send as send_cli
 from directory import identifiers as ids
 from directory.certs import check_for_mailbox
 from directory.config import Backend, DirectoryConfig, open_directory
@@ -62,10 +63,17 @@ from directory.model import (
     kind_of,
     to_record,
 )
+from mssante import (
+    MessageError,
+    MessageTooLargeError,
+    SubmissionError,
+    TLSVerificationError,
+    TransportError,
+)
 from relay.accounts import AccountError, AccountExistsError, AccountNotFoundError
 from relay.app import RelayError, load_master_key
 from relay.audit import AUDIT_FILE_NAME, AuditError, AuditEvent, AuditTrail
-from relay.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load
+from relay.config import DEFAULT_CONFIG_PATH, Config, ConfigError, RelaySettings, load
 from relay.store import StoreError
 from relay.tls import TlsConfigError
 
@@ -463,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler="serve")
     accounts.add_parser(top)
     audit_cli.add_parser(top)
+    send_cli.add_parser(top)
 
     dirp = top.add_parser("directory", help="manage the trust directory")
     sub = dirp.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
@@ -647,6 +656,8 @@ async def _run(args: argparse.Namespace, ctx: Context) -> int:
         return accounts.run_account(ctx, args)
     if handler == "audit":
         return audit_cli.run_audit(ctx, args)
+    if handler == "send":
+        return await asyncio.to_thread(send_cli.run_send, ctx, args)
     d = await open_directory(ctx.directory_config)
     try:
         if isinstance(handler, str) and handler.startswith("import:"):
@@ -665,7 +676,13 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stream = out if out is not None else sys.stdout
     try:
-        config = _load_config(args.config)
+        if args.handler == "send" and args.config is None:
+            # A client command: it needs no relay configuration.
+            config = Config(
+                relay=RelaySettings(data_dir=Path("data"), domain="localhost")
+            )
+        else:
+            config = _load_config(args.config)
         dir_config = config.directory
         if args.backend:
             dir_config = dataclasses.replace(dir_config, backend=Backend(args.backend))
@@ -694,6 +711,12 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
         return _fail(exc, EXIT_INVALID)
     except (RelayError, StoreError, AuditError) as exc:
         return _fail(exc, EXIT_REFUSED)
+    except (MessageError, MessageTooLargeError) as exc:
+        return _fail(exc, EXIT_INVALID)
+    except (SubmissionError, TLSVerificationError) as exc:
+        return _fail(exc, EXIT_REFUSED)
+    except TransportError as exc:
+        return _fail(exc, EXIT_TEMPFAIL)
     except DirectoryUnavailableError as exc:
         return _fail(exc, EXIT_TEMPFAIL)
     except DirectoryError as exc:

@@ -29,6 +29,8 @@ from mssante._errors import (
     TLSVerificationError,
     TransportError,
 )
+from mssante._reports import report_from_cda
+from mssante._sync import SyncClient
 from mssante._traces import TraceLog
 from mssante.crypto._errors import CryptoError
 from mssante.message import (
@@ -87,6 +89,7 @@ __all__ = [
     "Sex",
     "Software",
     "SubmissionError",
+    "SyncClient",
     "TLSConfig",
     "TLSVerificationError",
     "Timeouts",
@@ -98,4 +101,5 @@ __all__ = [
     "parse_dsn",
     "parse_mdn",
     "parse_message",
+    "report_from_cda",
 ]
