@@ -9,7 +9,9 @@ What must stay true:
   defaults); it is never logged, never returned, never compared in clear.
 - :meth:`AccountStore.authenticate` takes the same time whether the login
   exists or not (an unknown login is checked against a dummy hash), so the
-  reply timing does not reveal which logins exist.
+  reply timing does not reveal which logins exist. Only a login and
+  password verified in the last minutes answer faster (the verification
+  cache), which tells nothing to someone who does not hold the password.
 - An account owns mailboxes (its own PER box, a patient's box, an APP box).
   What else it may send as (delegations, proxy grants) lives in the trust
   directory and is decided by :mod:`relay.policy`.
@@ -21,7 +23,11 @@ What must stay true:
 
 from __future__ import annotations
 
+import collections
 import enum
+import hashlib
+import hmac
+import secrets
 import sqlite3
 import threading
 import time
@@ -41,6 +47,10 @@ ACCOUNTS_FILE_NAME: Final = "accounts.sqlite3"
 # The seed policy (issue 6 refines it): 12 characters mixing letters, digits
 # and symbols, not containing the login.
 MIN_PASSWORD_LENGTH: Final = 12
+# Dovecot's auth_cache_ttl defaults to one hour; we keep verified logins for
+# 15 minutes, for at most this many logins.
+DEFAULT_AUTH_CACHE_TTL: Final = 900.0
+DEFAULT_AUTH_CACHE_SIZE: Final = 10_000
 
 
 class AccountError(Exception):
@@ -114,7 +124,14 @@ def check_password_policy(login: str, password: str) -> None:
 class AccountStore:
     """The account database of one data directory."""
 
-    def __init__(self, path: Path, hasher: PasswordHasher | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        hasher: PasswordHasher | None = None,
+        *,
+        cache_ttl: float = DEFAULT_AUTH_CACHE_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA foreign_keys = ON")
@@ -123,6 +140,7 @@ class AccountStore:
         self._lock = threading.Lock()
         self._hasher = hasher or PasswordHasher()
         self._dummy_hash = self._hasher.hash("not a real password: timing only")
+        self._verified = _VerifiedCache(cache_ttl, DEFAULT_AUTH_CACHE_SIZE, clock)
 
     @classmethod
     def open(cls, data_dir: Path, hasher: PasswordHasher | None = None) -> AccountStore:
@@ -257,9 +275,17 @@ class AccountStore:
         """The account if ``password`` is right and the account unlocked.
 
         Blocking (argon2 is deliberately slow): call it through
-        ``asyncio.to_thread``.
+        ``asyncio.to_thread``. A login verified in the last
+        ``cache_ttl`` seconds is checked against the verification cache
+        instead (see :class:`_VerifiedCache`).
         """
         account = self.get(login)
+        if (
+            account is not None
+            and not account.locked
+            and self._verified.hit(login, password, account.password_hash)
+        ):
+            return account
         stored = account.password_hash if account else self._dummy_hash
         try:
             self._hasher.verify(stored, password)
@@ -269,7 +295,65 @@ class AccountStore:
             return None
         if self._hasher.check_needs_rehash(stored):
             self._update(login, "password_hash = ?", (self._hasher.hash(password),))
+            account = self.get(login) or account
+        self._verified.remember(login, password, account.password_hash)
         return account
+
+
+class _VerifiedCache:
+    """Recently verified (login, password) pairs, so that argon2 runs once per login.
+
+    Dovecot's ``auth_cache`` does the same: a client that opens a session per
+    message (practice software often does) would otherwise pay a deliberately
+    slow hash every time. An entry holds an HMAC of the password under a
+    per-process random key (never the password), the stored hash it was
+    verified against, and its time. It counts only while the account's
+    stored hash is unchanged (a password change, even by another process,
+    invalidates it), the account is unlocked (checked by the caller), and
+    for ``ttl`` seconds.
+    """
+
+    def __init__(self, ttl: float, size: int, clock: Callable[[], float]) -> None:
+        self._key = secrets.token_bytes(32)
+        self._ttl = ttl
+        self._size = size
+        self._clock = clock
+        self._entries: collections.OrderedDict[str, tuple[bytes, str, float]] = (
+            collections.OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    def _mac(self, login: str, password: str) -> bytes:
+        return hmac.new(
+            self._key, f"{login}\0{password}".encode(), hashlib.sha256
+        ).digest()
+
+    def hit(self, login: str, password: str, stored_hash: str) -> bool:
+        if self._ttl <= 0:
+            return False
+        with self._lock:
+            entry = self._entries.get(login)
+        if entry is None:
+            return False
+        mac, verified_hash, at = entry
+        return (
+            verified_hash == stored_hash
+            and self._clock() - at < self._ttl
+            and hmac.compare_digest(mac, self._mac(login, password))
+        )
+
+    def remember(self, login: str, password: str, stored_hash: str) -> None:
+        if self._ttl <= 0:
+            return
+        with self._lock:
+            self._entries[login] = (
+                self._mac(login, password),
+                stored_hash,
+                self._clock(),
+            )
+            self._entries.move_to_end(login)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
 
 
 class ThrottleVerdict(enum.Enum):

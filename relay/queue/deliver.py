@@ -19,6 +19,7 @@ What must stay true:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from typing import TYPE_CHECKING, Final
 
@@ -39,7 +40,11 @@ log = logging.getLogger("mssante.relay.delivery")
 # Retries of a local store failure: quick first, then every five minutes
 # (Postfix's minimal_backoff_time is 300 s).
 DEFAULT_RETRY_DELAYS: Final = (1.0, 10.0, 60.0, 300.0)
-DEFAULT_WORKERS: Final = 2
+# Delivery threads. The store commits concurrent deliveries together (one
+# index commit and sync per batch), so more threads mean bigger batches;
+# they have their own pool so that they never delay the spool writes that
+# the SMTP replies wait for.
+DEFAULT_WORKERS: Final = 8
 SENT_FOLDER: Final = "Sent"
 SEEN: Final = "\\Seen"
 
@@ -72,6 +77,9 @@ class LocalDelivery:
         self._queued: set[str] = set()
         self._retries: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="delivery"
+        )
 
     def submit(self, queue_id: str) -> None:
         """Queue a spooled message for delivery (idempotent)."""
@@ -102,12 +110,14 @@ class LocalDelivery:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        self._pool.shutdown(wait=True)
 
     async def _work(self) -> None:
         while True:
             queue_id = await self._queue.get()
             try:
-                done = await asyncio.to_thread(self.deliver, queue_id)
+                loop = asyncio.get_running_loop()
+                done = await loop.run_in_executor(self._pool, self.deliver, queue_id)
             finally:
                 self._queued.discard(queue_id)
                 self._queue.task_done()
