@@ -24,6 +24,8 @@ def describe_listeners(running: RunningRelay) -> str:
         "submission": "SMTP submission (STARTTLS)",
         "submissions": "SMTP submission (implicit TLS)",
         "mx": "SMTP MX (STARTTLS + operator certificate)",
+        "imap": "IMAP (STARTTLS)",
+        "imaps": "IMAP (implicit TLS)",
     }
     return "\n".join(
         f"  {names.get(name, name):45} {host}:{port}"

@@ -24,6 +24,7 @@ from directory.config import open_directory
 from relay import policy
 from relay.accounts import AccountStore, LoginThrottle
 from relay.audit import AUDIT_FILE_NAME, AuditEvent, AuditTrail
+from relay.imap import ImapContext, ImapServer
 from relay.queue.deliver import LocalDelivery
 from relay.queue.notices import success_notices
 from relay.queue.spool import Spool
@@ -244,6 +245,45 @@ async def run_relay(
             running.servers.append(server)
             host, port = server.sockets[0].getsockname()[:2]
             running.addresses[name] = (host, port)
+        # IMAP (issue 5): "imap" is STARTTLS (143), "imaps" implicit TLS (993).
+        imap_ctx = ImapContext(
+            store=store,
+            accounts=accounts,
+            throttle=throttle,
+            audit=audit,
+            directory=directory,
+            tls_context=plain_ctx,
+            hostname=cfg.relay.hostname,
+            auth_failure_delay=cfg.auth.failure_delay,
+            clock=clock,
+            max_message_size=cfg.relay.max_message_size,
+            timeout=cfg.imap.timeout,
+        )
+        imap_handlers: list[ImapServer] = []
+        for name, imap_listener, implicit_tls in (
+            ("imap", cfg.imap.plain, False),
+            ("imaps", cfg.imap.implicit, True),
+        ):
+            if not imap_listener.enabled:
+                continue
+            imap_handler = ImapServer(imap_ctx, implicit_tls=implicit_tls)
+            try:
+                server = await asyncio.start_server(
+                    imap_handler,
+                    imap_listener.host,
+                    imap_listener.port,
+                    ssl=plain_ctx if implicit_tls else None,
+                    reuse_address=True,
+                )
+            except OSError as exc:
+                raise RelayError(
+                    f"imap.{'implicit' if implicit_tls else 'plain'}: cannot listen on"
+                    f" {imap_listener.host}:{imap_listener.port}: {exc.strerror}"
+                ) from exc
+            imap_handlers.append(imap_handler)
+            running.servers.append(server)
+            host, port = server.sockets[0].getsockname()[:2]
+            running.addresses[name] = (host, port)
         audit.emit(
             AuditEvent.RELAY_STARTED,
             listeners={k: f"{h}:{p}" for k, (h, p) in running.addresses.items()},
@@ -254,6 +294,8 @@ async def run_relay(
         finally:
             for server in running.servers:
                 server.close()
+            for imap_handler in imap_handlers:
+                await imap_handler.close_connections()
             for server in running.servers:
                 await server.wait_closed()
             await delivery.drain(within=drain_timeout)

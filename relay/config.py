@@ -110,12 +110,38 @@ class SmtpSettings:
     timeout: float = DEFAULT_SMTP_TIMEOUT
 
 
+# RFC 3501 §5.4: an IMAP autologout timer is at least 30 minutes.
+DEFAULT_IMAP_TIMEOUT: Final = 30 * 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImapSettings:
+    """The ``[imap]`` table: STARTTLS (143) and implicit TLS (993) listeners."""
+
+    plain: Listener = field(
+        default_factory=lambda: Listener(host="127.0.0.1", port=143)
+    )
+    implicit: Listener = field(
+        default_factory=lambda: Listener(host="127.0.0.1", port=993)
+    )
+    timeout: float = DEFAULT_IMAP_TIMEOUT
+
+    @classmethod
+    def disabled(cls) -> ImapSettings:
+        """No ``[imap]`` table: IMAP is not served (an SMTP-only relay)."""
+        return cls(
+            plain=Listener(host="127.0.0.1", port=143, enabled=False),
+            implicit=Listener(host="127.0.0.1", port=993, enabled=False),
+        )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     relay: RelaySettings
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     tls: TlsSettings | None = None  # required by ``serve``, not by admin commands
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    imap: ImapSettings = field(default_factory=ImapSettings.disabled)
     auth: AuthSettings = field(default_factory=AuthSettings)
     source: Path | None = None  # the file it was read from
 
@@ -307,6 +333,19 @@ def _smtp(t: _Table | None) -> SmtpSettings:
     return settings
 
 
+def _imap(t: _Table | None) -> ImapSettings:
+    if t is None:
+        return ImapSettings.disabled()
+    default = ImapSettings()
+    settings = ImapSettings(
+        plain=_listener(t.table("plain"), default.plain),
+        implicit=_listener(t.table("implicit"), default.implicit),
+        timeout=t.number("timeout", DEFAULT_IMAP_TIMEOUT),
+    )
+    t.done()
+    return settings
+
+
 def _auth(t: _Table | None) -> AuthSettings:
     if t is None:
         return AuthSettings()
@@ -334,6 +373,7 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
     directory = _directory(root.table("directory"), relay.data_dir)
     tls = _tls(root.table("tls"))
     smtp = _smtp(root.table("smtp"))
+    imap = _imap(root.table("imap"))
     auth = _auth(root.table("auth"))
     root.done()
     return Config(
@@ -341,6 +381,7 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
         directory=directory,
         tls=tls,
         smtp=smtp,
+        imap=imap,
         auth=auth,
         source=source,
     )

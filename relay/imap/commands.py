@@ -1,0 +1,1135 @@
+"""One function per IMAP command, a dispatch table, and the one wrapper that
+turns errors into replies.
+
+Each ``cmd_*`` reads its arguments with the core's grammar, calls the store
+(through ``to_thread``: it blocks), writes untagged data, and returns the
+text (and response code) of its tagged ``OK``. It raises:
+
+- :class:`mssante.proto.imap.CommandSyntaxError` -> ``BAD``;
+- :class:`CommandRefusedError` -> ``NO [CODE]``;
+- :class:`ServerFaultError` -> ``NO [UNAVAILABLE]``;
+
+and :func:`run_command` alone catches them (mox's ``conn.command()``). Which
+commands a state accepts is the core's table
+(:data:`mssante.proto.imap.COMMANDS_BY_STATE`); :data:`COMMANDS` maps every
+name to its function.
+
+What must stay true:
+
+- Opening a message (a non-PEEK body fetch, or ``\\Seen`` set by STORE) is
+  one ``message.read`` audit event per message, naming the account that
+  read it and through which grant.
+- Before TLS, LOGIN and AUTHENTICATE are refused (``LOGINDISABLED``,
+  RFC 3501 §6.2.3) and logins are throttled and audited like SMTP AUTH.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import re
+import sqlite3
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from directory.errors import DirectoryError
+from directory.model import Patient, ProxyScope, Status
+from mssante.proto import imap
+from relay.accounts import ThrottleVerdict
+from relay.audit import AuditEvent
+from relay.imap import _fetch
+from relay.imap._errors import CommandRefusedError, ServerFaultError
+from relay.imap._search import Candidate, matches
+from relay.imap._session import (
+    DELIMITER,
+    SHARED_PREFIX,
+    Access,
+    Grant,
+    Selected,
+    Target,
+    Via,
+)
+from relay.store import (
+    ChangeKind,
+    CorruptMessageError,
+    FlagMode,
+    FolderExistsError,
+    FolderNotAllowedError,
+    FolderNotFoundError,
+    InvalidFlagError,
+    MailboxNotFoundError,
+    MessageInfo,
+    ParsedStructure,
+    StoreError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from relay.accounts import Account
+    from relay.imap.server import ImapConnection
+    from relay.store import Change
+
+log = logging.getLogger("mssante.relay.imap")
+
+# RFC 3501 §7.2.1 and the extensions implemented (docs/rfc-status.md).
+BASE_CAPABILITIES: Final = (
+    "IMAP4rev1",
+    "LITERAL+",  # RFC 7888
+    "SASL-IR",  # RFC 4959
+    "ID",  # RFC 2971
+    "IDLE",  # RFC 2177
+    "UIDPLUS",  # RFC 4315
+    "MOVE",  # RFC 6851
+    "NAMESPACE",  # RFC 2342
+    "ENABLE",  # RFC 5161
+    "SPECIAL-USE",  # RFC 6154
+    "UNSELECT",  # RFC 3691
+    "CHILDREN",  # RFC 3348
+)
+SERVER_ID: Final = ("name", "mssante", "vendor", "mssante")
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The tagged OK of a command."""
+
+    text: str
+    code: str | None = None
+
+
+def capabilities(c: ImapConnection) -> list[str]:
+    caps = list(BASE_CAPABILITIES)
+    if c.conn.state is imap.State.NOT_AUTHENTICATED:
+        if c.tls:
+            caps.append("AUTH=PLAIN")
+        else:
+            caps += ["STARTTLS", "LOGINDISABLED"]
+    return caps
+
+
+def _args(cmd: imap.CommandReceived, low: int, high: int | None = None) -> None:
+    n = len(cmd.args)
+    if n < low or (high is not None and n > high):
+        raise imap.CommandSyntaxError(cmd.tag, f"{cmd.name}: wrong number of arguments")
+
+
+def _mailbox_name(value: imap.Value) -> str:
+    return imap.decode_mailbox(imap.astring(value, "mailbox"))
+
+
+# -- any state ---------------------------------------------------------------
+
+
+async def cmd_capability(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    _args(cmd, 0, 0)
+    c.untagged(imap.Atom("CAPABILITY"), *map(imap.Atom, capabilities(c)))
+    return Done("CAPABILITY completed")
+
+
+async def cmd_noop(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    _args(cmd, 0, 0)
+    return Done("NOOP completed")
+
+
+async def cmd_logout(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    _args(cmd, 0, 0)
+    c.write(c.conn.send(imap.Untagged.status(imap.Status.BYE, "Logging out")))
+    return Done("LOGOUT completed")
+
+
+async def cmd_id(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    # RFC 2971 §3.1: the client's parameters (a list or NIL) are not used.
+    _args(cmd, 1, 1)
+    c.untagged(imap.Atom("ID"), SERVER_ID)
+    return Done("ID completed")
+
+
+# -- not authenticated ---------------------------------------------------------
+
+
+async def cmd_starttls(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    _args(cmd, 0, 0)
+    if c.tls:
+        raise CommandRefusedError(None, "TLS is already active")
+    c.start_tls_after_reply = True
+    return Done("Begin TLS negotiation now")
+
+
+async def cmd_login(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    _args(cmd, 2, 2)
+    user = imap.astring(cmd.args[0], "user")
+    password = imap.astring(cmd.args[1], "password")
+    return await _authenticate(c, user, password, "LOGIN")
+
+
+async def cmd_authenticate(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    _args(cmd, 1, 2)
+    mechanism = imap.atom(cmd.args[0], "mechanism").upper()
+    if not c.tls:
+        raise CommandRefusedError("PRIVACYREQUIRED", "Authentication requires TLS")
+    if mechanism != "PLAIN":
+        raise CommandRefusedError(None, f"Unsupported mechanism {mechanism}")
+    if len(cmd.args) == 2:  # RFC 4959 SASL-IR initial response
+        response = imap.astring(cmd.args[1], "initial response")
+    else:
+        response = await c.continuation("")
+    if response == b"*":  # RFC 3501 §6.2.2: the client cancels
+        raise imap.CommandSyntaxError(cmd.tag, "AUTHENTICATE cancelled")
+    try:
+        blob = base64.b64decode(response if response != b"=" else b"", validate=True)
+    except binascii.Error:
+        raise imap.CommandSyntaxError(cmd.tag, "response is not base64") from None
+    # RFC 4616 §2: [authzid] NUL authcid NUL passwd.
+    parts = blob.split(b"\0")
+    if len(parts) != 3:
+        raise imap.CommandSyntaxError(cmd.tag, "malformed PLAIN response")
+    authzid, user, password = parts
+    if authzid and authzid != user:
+        raise CommandRefusedError(
+            "AUTHORIZATIONFAILED", "Authorization identity differs"
+        )
+    return await _authenticate(c, user, password, "PLAIN")
+
+
+async def _authenticate(
+    c: ImapConnection, user: bytes, password: bytes, mechanism: str
+) -> Done:
+    ctx = c.ctx
+    if not c.tls:
+        # RFC 3501 §6.2.3, §11.1: LOGINDISABLED; RFC 5530 PRIVACYREQUIRED.
+        raise CommandRefusedError("PRIVACYREQUIRED", "Login requires TLS (STARTTLS)")
+    name = user.decode("utf-8", "replace")
+    verdict = ctx.throttle.check(name, c.peer)
+    if verdict is not ThrottleVerdict.ALLOWED:
+        ctx.audit.emit(
+            AuditEvent.AUTH_LOCKED,
+            cid=c.cid,
+            actor=name,
+            peer=c.peer,
+            protocol="imap",
+            reason=verdict.value,
+        )
+        await asyncio.sleep(ctx.auth_failure_delay)
+        raise CommandRefusedError("UNAVAILABLE", "Too many failures, try again later")
+    account: Account | None = None
+    try:
+        account = await asyncio.to_thread(
+            ctx.accounts.authenticate, user.decode("utf-8"), password.decode("utf-8")
+        )
+    except UnicodeDecodeError:
+        account = None
+    if account is None:
+        verdict = ctx.throttle.failed(name, c.peer)
+        ctx.audit.emit(
+            AuditEvent.IMAP_LOGIN_FAILED,
+            cid=c.cid,
+            actor=name,
+            peer=c.peer,
+            mechanism=mechanism,
+            reason="bad credentials or locked account",
+        )
+        if verdict is not ThrottleVerdict.ALLOWED:
+            ctx.audit.emit(
+                AuditEvent.AUTH_LOCKED,
+                cid=c.cid,
+                actor=name,
+                peer=c.peer,
+                protocol="imap",
+                reason=verdict.value,
+            )
+        await asyncio.sleep(ctx.auth_failure_delay)
+        raise CommandRefusedError("AUTHENTICATIONFAILED", "Invalid credentials")
+    ctx.throttle.succeeded(name)
+    c.access = await _access(c, account)
+    ctx.audit.emit(
+        AuditEvent.IMAP_LOGIN_SUCCEEDED,
+        cid=c.cid,
+        actor=account.login,
+        peer=c.peer,
+        mechanism=mechanism,
+        tls=c.tls_description,
+    )
+    return Done("Logged in", code="CAPABILITY " + " ".join(BASE_CAPABILITIES))
+
+
+async def _access(c: ImapConnection, account: Account) -> Access:
+    """The mailboxes ``account`` reaches: owned, delegated (directory)."""
+    access = Access(account)
+    for address in account.mailboxes:
+        access.grants[address] = Grant(address, Via.OWNER, writable=True)
+    if account.mailboxes:
+        access.personal = account.mailboxes[0]
+    now = c.ctx.clock()
+    try:
+        delegations = await c.ctx.directory.delegations(account=account.login)
+    except DirectoryError as exc:
+        c.ctx.audit.emit(
+            AuditEvent.DIRECTORY_LOOKUP_FAILED,
+            cid=c.cid,
+            actor=account.login,
+            reason=type(exc).__name__,
+        )
+        delegations = []
+    for d in delegations:
+        if d.active_at(now) and d.mailbox not in access.grants:
+            writable = d.scope.value == "read-send"
+            access.grants[d.mailbox] = Grant(d.mailbox, Via.DELEGATION, writable)
+    for address in access.grants:
+        await c.store(c.ctx.store.ensure_mailbox, address)
+    return access
+
+
+async def _proxy_grant(c: ImapConnection, address: str) -> Grant | None:
+    """A patient's proxy grant for the logged-in account, looked up on use.
+
+    The directory has no index from a proxy account to its patients, so a
+    proxy reaches a patient's mailbox by naming it (``Shared/<address>/INBOX``).
+    """
+    assert c.access is not None  # noqa: S101 - authenticated state
+    try:
+        entry = await c.ctx.directory.resolve(address)
+    except DirectoryError:
+        return None
+    if not isinstance(entry, Patient) or entry.status is not Status.ACTIVE:
+        return None
+    now = c.ctx.clock()
+    for grant in entry.proxies:
+        if grant.account == c.access.account.login and grant.active_at(now):
+            g = Grant(address, Via.PROXY, grant.scope is ProxyScope.READ_REPLY)
+            c.access.grants[address] = g
+            await c.store(c.ctx.store.ensure_mailbox, address)
+            return g
+    return None
+
+
+async def resolve(c: ImapConnection, name: str) -> Target:
+    assert c.access is not None  # noqa: S101 - authenticated state
+    try:
+        return c.access.resolve(name)
+    except CommandRefusedError:
+        head, _, rest = name.partition(DELIMITER)
+        address = rest.partition(DELIMITER)[0]
+        if head == SHARED_PREFIX and "@" in address:
+            grant = await _proxy_grant(c, address)
+            if grant is not None:
+                return c.access.resolve(name)
+        c.ctx.audit.emit(
+            AuditEvent.IMAP_ACCESS_REFUSED,
+            cid=c.cid,
+            actor=c.access.account.login,
+            mailbox=address or None,
+        )
+        raise
+
+
+def _writable(target: Target) -> None:
+    if not target.grant.writable:
+        raise CommandRefusedError("NOPERM", "Read-only access to this mailbox")
+
+
+def _selectable(target: Target) -> None:
+    if not target.folder:
+        raise CommandRefusedError("NONEXISTENT", "No such mailbox")
+
+
+# -- authenticated -------------------------------------------------------------
+
+
+async def _select(
+    c: ImapConnection, cmd: imap.CommandReceived, *, read_only: bool
+) -> Done:
+    _args(cmd, 1, 1)
+    await unselect(c)
+    target = await resolve(c, _mailbox_name(cmd.args[0]))
+    _selectable(target)
+    read_only = read_only or not target.grant.writable
+    store = c.ctx.store
+    info = await c.store(store.folder, target.address, target.folder)
+    recent = (
+        set()
+        if read_only
+        else set(await c.store(store.claim_recent, target.address, target.folder))
+    )
+    selected = Selected(
+        target=target,
+        uidvalidity=info.uidvalidity,
+        read_only=read_only,
+        uids=[],
+        flags={},
+        recent=recent,
+    )
+    selected.subscription = c.subscribe(target.address)
+    messages = await c.store(store.messages, target.address, target.folder)
+    selected.uids = [m.uid for m in messages]
+    selected.flags = {m.uid: m.flags for m in messages}
+    c.selected = selected
+    unseen = next((i + 1 for i, m in enumerate(messages) if not m.seen), None)
+    # RFC 3501 §6.3.1 responses.
+    c.untagged(imap.Atom("FLAGS"), _flag_atoms(_SYSTEM_FLAGS))
+    c.untagged(
+        imap.Atom("OK"),
+        imap.Raw(
+            b"[PERMANENTFLAGS "
+            + (
+                b"()"
+                if read_only
+                else b"(" + b" ".join(f.encode() for f in _SYSTEM_FLAGS) + b" \\*)"
+            )
+            + b"]"
+        ),
+        imap.Raw(b"Limited" if not read_only else b"Read-only"),
+    )
+    c.untagged(len(messages), imap.Atom("EXISTS"))
+    c.untagged(len(recent), imap.Atom("RECENT"))
+    if unseen is not None:
+        c.status_ok(f"UNSEEN {unseen}", "First unseen")
+    c.status_ok(f"UIDVALIDITY {info.uidvalidity}", "UIDs valid")
+    c.status_ok(f"UIDNEXT {info.uidnext}", "Predicted next UID")
+    code = "READ-ONLY" if read_only else "READ-WRITE"
+    return Done(f"{cmd.name} completed", code=code)
+
+
+_SYSTEM_FLAGS: Final = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+
+def _flag_atoms(flags: object) -> tuple[imap.Atom, ...]:
+    assert isinstance(flags, tuple | frozenset | set | list)  # noqa: S101
+    return tuple(imap.Atom(f) for f in sorted(flags))
+
+
+async def cmd_select(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    return await _select(c, cmd, read_only=False)
+
+
+async def cmd_examine(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    return await _select(c, cmd, read_only=True)
+
+
+async def unselect(c: ImapConnection) -> None:
+    if c.selected is not None:
+        if c.selected.subscription is not None:
+            c.ctx.store.unsubscribe(c.selected.subscription)
+        c.selected = None
+
+
+async def cmd_create(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    _args(cmd, 1, 1)
+    target = await resolve(c, _mailbox_name(cmd.args[0]))
+    _selectable(target)
+    _writable(target)
+    await c.store(c.ctx.store.create_folder, target.address, target.folder)
+    return Done("CREATE completed")
+
+
+async def cmd_delete(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    _args(cmd, 1, 1)
+    target = await resolve(c, _mailbox_name(cmd.args[0]))
+    _selectable(target)
+    _writable(target)
+    if c.selected is not None and (c.selected.address, c.selected.folder) == (
+        target.address,
+        target.folder,
+    ):
+        await unselect(c)
+    await c.store(c.ctx.store.delete_folder, target.address, target.folder)
+    return Done("DELETE completed")
+
+
+async def cmd_rename(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    _args(cmd, 2, 2)
+    source = await resolve(c, _mailbox_name(cmd.args[0]))
+    dest = await resolve(c, _mailbox_name(cmd.args[1]))
+    _selectable(source)
+    _selectable(dest)
+    _writable(source)
+    if source.address != dest.address:
+        raise CommandRefusedError("CANNOT", "Cannot move folders between mailboxes")
+    await c.store(c.ctx.store.rename_folder, source.address, source.folder, dest.folder)
+    return Done("RENAME completed")
+
+
+async def _subscribe(c: ImapConnection, cmd: imap.CommandReceived, on: bool) -> Done:
+    _args(cmd, 1, 1)
+    target = await resolve(c, _mailbox_name(cmd.args[0]))
+    _selectable(target)
+    await c.store(c.ctx.store.subscribe, target.address, target.folder, subscribed=on)
+    return Done(f"{cmd.name} completed")
+
+
+async def cmd_subscribe(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    return await _subscribe(c, cmd, True)
+
+
+async def cmd_unsubscribe(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    return await _subscribe(c, cmd, False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Listed:
+    name: str
+    attributes: tuple[str, ...]
+    subscribed: bool
+
+
+async def _all_names(c: ImapConnection) -> list[_Listed]:
+    assert c.access is not None  # noqa: S101
+    out: list[_Listed] = []
+    shared = [a for a in c.access.grants if a != c.access.personal]
+    if shared:
+        out.append(_Listed(SHARED_PREFIX, ("\\Noselect", "\\HasChildren"), False))
+    for address in ([c.access.personal] if c.access.personal else []) + sorted(shared):
+        prefix = c.access.prefix(address)
+        if prefix:
+            out.append(
+                _Listed(
+                    prefix.rstrip(DELIMITER), ("\\Noselect", "\\HasChildren"), False
+                )
+            )
+        folders = await c.store(c.ctx.store.folders, address)
+        names = {f.name for f in folders}
+        for f in folders:
+            attrs: list[str] = []
+            children = any(n.startswith(f.name + DELIMITER) for n in names)
+            attrs.append("\\HasChildren" if children else "\\HasNoChildren")
+            if f.special_use is not None:
+                attrs.append(f.special_use.value)  # RFC 6154 §2
+            out.append(_Listed(prefix + f.name, tuple(attrs), f.subscribed))
+    return out
+
+
+def _pattern(reference: str, pattern: str) -> re.Pattern[str]:
+    # RFC 3501 §6.3.8: * matches anything, % anything but the delimiter.
+    full = reference + pattern
+    regex = "".join(
+        ".*" if ch == "*" else "[^/]*" if ch == "%" else re.escape(ch) for ch in full
+    )
+    if full[:5].upper() == "INBOX":
+        # RFC 3501 §5.1: INBOX is case-insensitive.
+        regex = "(?i:INBOX)" + regex[len("INBOX") :]
+    return re.compile(regex + r"\Z")
+
+
+async def _list(c: ImapConnection, cmd: imap.CommandReceived, *, lsub: bool) -> Done:
+    _args(cmd, 2, 2)
+    reference = _mailbox_name(cmd.args[0])
+    pattern = _mailbox_name(cmd.args[1])
+    verb = imap.Atom("LSUB" if lsub else "LIST")
+    if not pattern and not lsub:
+        # RFC 3501 §6.3.8: the delimiter and root.
+        c.untagged(verb, (imap.Atom("\\Noselect"),), DELIMITER, "")
+        return Done("LIST completed")
+    regex = _pattern(reference, pattern)
+    for item in await _all_names(c):
+        if lsub and not item.subscribed:
+            continue
+        if regex.match(item.name):
+            c.untagged(
+                verb,
+                tuple(imap.Atom(a) for a in item.attributes),
+                DELIMITER,
+                imap.encode_mailbox(item.name),
+            )
+    return Done(f"{verb.value} completed")
+
+
+async def cmd_list(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    return await _list(c, cmd, lsub=False)
+
+
+async def cmd_lsub(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    return await _list(c, cmd, lsub=True)
+
+
+_STATUS_ITEMS: Final = frozenset(
+    {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN"}
+)
+
+
+async def cmd_status(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    _args(cmd, 2, 2)
+    name = _mailbox_name(cmd.args[0])
+    wanted = cmd.args[1]
+    if not isinstance(wanted, tuple) or not wanted:
+        raise imap.CommandSyntaxError(cmd.tag, "STATUS needs a list of items")
+    items = [imap.atom(w, "status item").upper() for w in wanted]
+    if any(i not in _STATUS_ITEMS for i in items):
+        raise imap.CommandSyntaxError(cmd.tag, "unknown STATUS item")
+    target = await resolve(c, name)
+    _selectable(target)
+    info = await c.store(c.ctx.store.folder, target.address, target.folder)
+    values = {
+        "MESSAGES": info.exists,
+        "RECENT": info.recent,
+        "UIDNEXT": info.uidnext,
+        "UIDVALIDITY": info.uidvalidity,
+        "UNSEEN": info.unseen,
+    }
+    out: list[object] = []
+    for i in items:
+        out += [imap.Atom(i), values[i]]
+    c.untagged(imap.Atom("STATUS"), imap.encode_mailbox(name), tuple(out))
+    return Done("STATUS completed")
+
+
+async def cmd_append(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    _args(cmd, 2, 4)
+    name = _mailbox_name(cmd.args[0])
+    message = cmd.args[-1]
+    if not isinstance(message, bytes):
+        raise imap.CommandSyntaxError(cmd.tag, "APPEND needs the message as a literal")
+    flags: list[str] = []
+    when = c.ctx.clock()
+    for extra in cmd.args[1:-1]:
+        if isinstance(extra, tuple):
+            flags = imap.parse_flags(extra)
+        else:
+            when = imap.parse_datetime(extra)
+    if len(message) > c.ctx.max_message_size:
+        raise CommandRefusedError("TOOBIG", "Message too big")
+    try:
+        target = await resolve(c, name)
+    except CommandRefusedError:
+        raise CommandRefusedError("TRYCREATE", "No such mailbox") from None
+    _selectable(target)
+    _writable(target)
+    result = await c.store(
+        c.ctx.store.append,
+        target.address,
+        target.folder,
+        message,
+        internal_date=when,
+        flags=flags,
+    )
+    # RFC 4315 §3 APPENDUID.
+    return Done("APPEND completed", code=f"APPENDUID {result.uidvalidity} {result.uid}")
+
+
+async def cmd_namespace(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    _args(cmd, 0, 0)
+    assert c.access is not None  # noqa: S101
+    personal = (("", DELIMITER),) if c.access.personal else None
+    # RFC 2342 §5: personal, other users', shared.
+    c.untagged(
+        imap.Atom("NAMESPACE"),
+        personal,
+        None,
+        ((SHARED_PREFIX + DELIMITER, DELIMITER),),
+    )
+    return Done("NAMESPACE completed")
+
+
+async def cmd_enable(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    _args(cmd, 1)
+    # RFC 5161 §3.1: we enable none of the capabilities a client may ask for
+    # (CONDSTORE, QRESYNC, UTF8=ACCEPT are not implemented yet).
+    c.untagged(imap.Atom("ENABLED"))
+    return Done("ENABLE completed")
+
+
+async def cmd_idle(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    _args(cmd, 0, 0)
+    # RFC 2177 §3: untagged updates while idling, until DONE.
+    await flush_changes(c, expunge=True)
+    line = await c.idle()
+    if line.upper() != b"DONE":
+        raise imap.CommandSyntaxError(cmd.tag, "expected DONE")
+    return Done("IDLE terminated")
+
+
+# -- selected ------------------------------------------------------------------
+
+
+def _sel(c: ImapConnection) -> Selected:
+    assert c.selected is not None  # noqa: S101 - the core checks the state
+    return c.selected
+
+
+async def cmd_check(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    _args(cmd, 0, 0)
+    return Done("CHECK completed")
+
+
+async def cmd_close(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    _args(cmd, 0, 0)
+    sel = _sel(c)
+    if not sel.read_only:
+        # RFC 3501 §6.4.2: expunge silently.
+        removed = await c.store(c.ctx.store.expunge, sel.address, sel.folder)
+        _audit_deleted(c, sel, removed)
+    await unselect(c)
+    return Done("CLOSE completed")
+
+
+async def cmd_unselect(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    _args(cmd, 0, 0)
+    await unselect(c)
+    return Done("UNSELECT completed")
+
+
+def _audit_deleted(c: ImapConnection, sel: Selected, uids: list[int]) -> None:
+    if uids:
+        assert c.access is not None  # noqa: S101
+        c.ctx.audit.emit(
+            AuditEvent.MESSAGE_DELETED,
+            cid=c.cid,
+            actor=c.access.account.login,
+            mailbox=sel.address,
+            folder=sel.folder,
+            uids=uids,
+            via=sel.target.grant.via.value,
+        )
+
+
+def _send_expunges(c: ImapConnection, sel: Selected, uids: list[int]) -> None:
+    for uid in sorted(uids):
+        seq = sel.seq_of(uid)
+        if seq is None:
+            continue
+        del sel.uids[seq - 1]
+        sel.flags.pop(uid, None)
+        sel.recent.discard(uid)
+        c.untagged(seq, imap.Atom("EXPUNGE"))
+
+
+async def cmd_expunge(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    sel = _sel(c)
+    uids = None
+    if cmd.uid:  # RFC 4315 §2.1 UID EXPUNGE
+        _args(cmd, 1, 1)
+        uids = imap.parse_sequence_set(cmd.args[0]).select(sel.uids)
+    else:
+        _args(cmd, 0, 0)
+    if sel.read_only:
+        raise CommandRefusedError("READ-ONLY", "Folder selected read-only")
+    removed = await c.store(c.ctx.store.expunge, sel.address, sel.folder, uids)
+    _send_expunges(c, sel, removed)
+    _audit_deleted(c, sel, removed)
+    return Done("EXPUNGE completed")
+
+
+def _messages_for(
+    c: ImapConnection, cmd: imap.CommandReceived, value: imap.Value
+) -> list[tuple[int, int]]:
+    """(seq, uid) pairs named by a sequence set or a UID set."""
+    sel = _sel(c)
+    seqset = imap.parse_sequence_set(value)
+    if cmd.uid:
+        largest = sel.uids[-1] if sel.uids else 0
+        return [
+            (i + 1, u) for i, u in enumerate(sel.uids) if seqset.contains(u, largest)
+        ]
+    n = len(sel.uids)
+    if n == 0:
+        # RFC 3501 §6.4.5 / 9051: a sequence set on an empty folder is BAD.
+        raise imap.CommandSyntaxError(cmd.tag, "no messages")
+    for lo, hi in seqset.ranges:
+        for bound in (lo, hi):
+            if bound is not None and bound > n:
+                raise imap.CommandSyntaxError(
+                    cmd.tag, "invalid message sequence number"
+                )
+    return [
+        (seq, sel.uids[seq - 1]) for seq in range(1, n + 1) if seqset.contains(seq, n)
+    ]
+
+
+async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    _args(cmd, 2)
+    sel = _sel(c)
+    targets = _messages_for(c, cmd, cmd.args[0])
+    items = imap.parse_fetch_items(cmd.args[1] if len(cmd.args) == 2 else cmd.args[1:])
+    if cmd.uid and not any(i.name == "UID" for i in items):
+        items.insert(0, imap.FetchItem("UID"))  # RFC 3501 §6.4.8
+    infos = await _infos(c, sel, [u for _, u in targets])
+    marks_seen = not sel.read_only and any(i.sets_seen for i in items)
+    needs_structure = any(
+        i.name in ("ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822.HEADER") or i.section
+        for i in items
+    )
+    needs_message = any(
+        i.name in ("RFC822", "RFC822.TEXT")
+        or (i.section is not None and _fetch.needs_message(i.section))
+        for i in items
+    )
+    opens = any(i.sets_seen for i in items)
+    for seq, uid in targets:
+        info = infos.get(uid)
+        if info is None:
+            continue  # expunged by another session meanwhile
+        structure = (
+            await c.store(c.ctx.store.structure, sel.address, sel.folder, uid)
+            if needs_structure
+            else None
+        )
+        message = (
+            await c.store(c.ctx.store.fetch, sel.address, sel.folder, uid)
+            if needs_message
+            else None
+        )
+        flags_changed = False
+        if marks_seen and not info.seen:
+            (info,) = await c.store(
+                c.ctx.store.store_flags,
+                sel.address,
+                sel.folder,
+                [uid],
+                ["\\Seen"],
+                FlagMode.ADD,
+            ) or (info,)
+            flags_changed = True
+        if opens:
+            _audit_read(c, sel, uid, structure)
+        data: list[object] = []
+        for item in items:
+            data += _fetch_item(sel, item, info, structure, message)
+        if flags_changed and not any(i.name == "FLAGS" for i in items):
+            data += [imap.Atom("FLAGS"), _flags(sel, info)]
+        sel.flags[uid] = info.flags
+        c.untagged(seq, imap.Atom("FETCH"), tuple(data))
+        await c.drain_if_needed()
+    return Done(f"{'UID ' if cmd.uid else ''}FETCH completed")
+
+
+async def _infos(
+    c: ImapConnection, sel: Selected, uids: list[int]
+) -> dict[int, MessageInfo]:
+    if not uids:
+        return {}
+    messages = await c.store(c.ctx.store.messages, sel.address, sel.folder)
+    wanted = set(uids)
+    return {m.uid: m for m in messages if m.uid in wanted}
+
+
+def _audit_read(
+    c: ImapConnection, sel: Selected, uid: int, structure: ParsedStructure | None
+) -> None:
+    assert c.access is not None  # noqa: S101
+    message_id = structure.envelope.message_id if structure is not None else None
+    c.ctx.audit.emit(
+        AuditEvent.MESSAGE_READ,
+        cid=c.cid,
+        actor=c.access.account.login,
+        mailbox=sel.address,
+        folder=sel.folder,
+        uid=uid,
+        uidvalidity=sel.uidvalidity,
+        via=sel.target.grant.via.value,
+        message_ref=c.ctx.audit.message_ref(message_id) if message_id else "",
+    )
+
+
+def _flags(sel: Selected, info: MessageInfo) -> tuple[imap.Atom, ...]:
+    flags = set(info.flags)
+    if info.uid in sel.recent:
+        flags.add("\\Recent")
+    return _flag_atoms(flags)
+
+
+def _fetch_item(
+    sel: Selected,
+    item: imap.FetchItem,
+    info: MessageInfo,
+    structure: ParsedStructure | None,
+    message: bytes | None,
+) -> list[object]:
+    name = item.name
+    if name == "UID":
+        return [imap.Atom("UID"), info.uid]
+    if name == "FLAGS":
+        return [imap.Atom("FLAGS"), _flags(sel, info)]
+    if name == "INTERNALDATE":
+        return [imap.Atom("INTERNALDATE"), imap.format_datetime(info.internal_date)]
+    if name == "RFC822.SIZE":
+        return [imap.Atom("RFC822.SIZE"), info.size]
+    assert structure is not None  # noqa: S101 - loaded for these items
+    if name == "ENVELOPE":
+        return [imap.Atom("ENVELOPE"), _fetch.envelope(structure.envelope)]
+    if name == "BODYSTRUCTURE":
+        return [
+            imap.Atom("BODYSTRUCTURE"),
+            _fetch.body_structure(structure.body, extensible=True),
+        ]
+    if name == "BODY" and item.section is None:
+        return [
+            imap.Atom("BODY"),
+            _fetch.body_structure(structure.body, extensible=False),
+        ]
+    if name == "RFC822.HEADER":
+        return [imap.Atom("RFC822.HEADER"), structure.header]
+    if name == "RFC822":
+        assert message is not None  # noqa: S101
+        return [imap.Atom("RFC822"), message]
+    if name == "RFC822.TEXT":
+        assert message is not None  # noqa: S101
+        return [imap.Atom("RFC822.TEXT"), message[structure.body.body_start :]]
+    assert item.section is not None  # noqa: S101
+    try:
+        data = _fetch.section_bytes(item.section, structure, message)
+    except _fetch.SectionError:
+        data = b""  # RFC 3501 §6.4.5: a part that does not exist is empty
+    return [imap.Raw(item.response_name().encode()), _fetch.partial(data, item)]
+
+
+_STORE_ITEM: Final = re.compile(r"([+-]?)FLAGS(\.SILENT)?\Z", re.IGNORECASE)
+
+
+async def cmd_store(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    _args(cmd, 3)
+    sel = _sel(c)
+    targets = _messages_for(c, cmd, cmd.args[0])
+    m = _STORE_ITEM.match(imap.atom(cmd.args[1], "store item"))
+    if m is None:
+        raise imap.CommandSyntaxError(cmd.tag, "expected FLAGS, +FLAGS or -FLAGS")
+    flags = imap.parse_flags(cmd.args[2] if len(cmd.args) == 3 else list(cmd.args[2:]))
+    if sel.read_only:
+        raise CommandRefusedError("READ-ONLY", "Folder selected read-only")
+    mode = {"+": FlagMode.ADD, "-": FlagMode.REMOVE, "": FlagMode.REPLACE}[m.group(1)]
+    before = {u: sel.flags.get(u, frozenset()) for _, u in targets}
+    changed = await c.store(
+        c.ctx.store.store_flags,
+        sel.address,
+        sel.folder,
+        [u for _, u in targets],
+        flags,
+        mode,
+    )
+    by_uid = {i.uid: i for i in changed}
+    for seq, uid in targets:
+        info = by_uid.get(uid)
+        if info is None:
+            continue
+        if "\\Seen" in info.flags and "\\Seen" not in before[uid]:
+            _audit_read(c, sel, uid, None)
+        sel.flags[uid] = info.flags
+        if not m.group(2):
+            data: list[object] = [imap.Atom("FLAGS"), _flags(sel, info)]
+            if cmd.uid:
+                data = [imap.Atom("UID"), uid, *data]
+            c.untagged(seq, imap.Atom("FETCH"), tuple(data))
+    return Done(f"{'UID ' if cmd.uid else ''}STORE completed")
+
+
+async def _copy(c: ImapConnection, cmd: imap.CommandReceived, *, move: bool) -> Done:
+    _args(cmd, 2, 2)
+    sel = _sel(c)
+    targets = _messages_for(c, cmd, cmd.args[0])
+    try:
+        dest = await resolve(c, _mailbox_name(cmd.args[1]))
+    except CommandRefusedError:
+        raise CommandRefusedError("TRYCREATE", "No such mailbox") from None
+    _selectable(dest)
+    _writable(dest)
+    if move and sel.read_only:
+        raise CommandRefusedError("READ-ONLY", "Folder selected read-only")
+    if dest.address != sel.address:
+        raise CommandRefusedError("CANNOT", "Cannot copy between mailboxes")
+    uids = [u for _, u in targets]
+    fn = c.ctx.store.move if move else c.ctx.store.copy
+    result = await c.store(fn, sel.address, sel.folder, uids, dest.folder)
+    code = None
+    if result.source_uids:
+        # RFC 4315 §3 COPYUID.
+        code = (
+            f"COPYUID {result.uidvalidity} {_uid_set(result.source_uids)}"
+            f" {_uid_set(result.dest_uids)}"
+        )
+    if move:
+        if code:
+            c.status_ok(code, "Moved")  # RFC 6851 §4.3: before the EXPUNGEs
+        _send_expunges(c, sel, list(result.source_uids))
+        return Done(f"{'UID ' if cmd.uid else ''}MOVE completed")
+    return Done(f"{'UID ' if cmd.uid else ''}COPY completed", code=code)
+
+
+def _uid_set(uids: tuple[int, ...]) -> str:
+    return ",".join(str(u) for u in uids)
+
+
+async def cmd_copy(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    return await _copy(c, cmd, move=False)
+
+
+async def cmd_move(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    return await _copy(c, cmd, move=True)
+
+
+async def cmd_search(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    sel = _sel(c)
+    charset, key = imap.parse_search(cmd.args)
+    if charset not in (None, "UTF-8", "US-ASCII"):
+        raise CommandRefusedError("BADCHARSET (UTF-8 US-ASCII)", "Unsupported charset")
+    messages = await c.store(c.ctx.store.messages, sel.address, sel.folder)
+    known = {u: i for i, u in enumerate(sel.uids)}
+    store = c.ctx.store
+    found: list[int] = []
+    largest_uid = sel.uids[-1] if sel.uids else 0
+    loop_needs_io = _needs_io(key)
+    for info in messages:
+        index = known.get(info.uid)
+        if index is None:
+            continue
+        uid = info.uid
+
+        def load_structure(uid: int = uid) -> ParsedStructure:
+            return store.structure(sel.address, sel.folder, uid)
+
+        def load_message(uid: int = uid) -> bytes:
+            return store.fetch(sel.address, sel.folder, uid)
+
+        candidate = Candidate(
+            seq=index + 1,
+            info=info,
+            largest_seq=len(sel.uids),
+            largest_uid=largest_uid,
+            recent=uid in sel.recent,
+            load_structure=load_structure,
+            load_message=load_message,
+        )
+        if loop_needs_io:
+            hit = await c.store(matches, key, candidate)
+        else:
+            hit = matches(key, candidate)
+        if hit:
+            found.append(uid if cmd.uid else index + 1)
+    c.untagged(imap.Atom("SEARCH"), *found)
+    return Done(f"{'UID ' if cmd.uid else ''}SEARCH completed")
+
+
+def _needs_io(key: imap.SearchKey) -> bool:
+    if key.op in ("HEADER", "BODY", "TEXT", "SENTBEFORE", "SENTON", "SENTSINCE"):
+        return True
+    return any(_needs_io(k) for k in key.keys)
+
+
+# -- untagged updates ----------------------------------------------------------
+
+
+async def flush_changes(c: ImapConnection, *, expunge: bool) -> None:
+    """Tell the client what other sessions changed in the selected folder.
+
+    RFC 3501 §7.4.1: no EXPUNGE during FETCH, STORE or SEARCH (``expunge``
+    false): those changes stay pending, and so does everything after them,
+    to keep the order.
+    """
+    sel = c.selected
+    if sel is None or not sel.pending:
+        return
+    keep: list[Change] = []
+    for change in sel.pending:
+        if keep or (change.kind is ChangeKind.EXPUNGE and not expunge):
+            keep.append(change)
+            continue
+        if change.folder != sel.folder:
+            continue
+        if change.kind is ChangeKind.EXPUNGE:
+            _send_expunges(c, sel, list(change.uids))
+        elif change.kind is ChangeKind.EXISTS:
+            last = sel.uids[-1] if sel.uids else 0
+            new = sorted(u for u in change.uids if u > last)
+            sel.uids.extend(new)
+            for info in change.messages:
+                sel.flags[info.uid] = info.flags
+            if new:
+                c.untagged(len(sel.uids), imap.Atom("EXISTS"))
+        elif change.kind is ChangeKind.FLAGS:
+            for info in change.messages:
+                seq = sel.seq_of(info.uid)
+                if seq is None or sel.flags.get(info.uid) == info.flags:
+                    continue
+                sel.flags[info.uid] = info.flags
+                c.untagged(
+                    seq,
+                    imap.Atom("FETCH"),
+                    (imap.Atom("UID"), info.uid, imap.Atom("FLAGS"), _flags(sel, info)),
+                )
+    sel.pending = keep
+
+
+# -- dispatch ------------------------------------------------------------------
+
+COMMANDS: Final[
+    dict[str, Callable[[ImapConnection, imap.CommandReceived], Awaitable[Done]]]
+] = {
+    "CAPABILITY": cmd_capability,
+    "NOOP": cmd_noop,
+    "LOGOUT": cmd_logout,
+    "ID": cmd_id,
+    "STARTTLS": cmd_starttls,
+    "LOGIN": cmd_login,
+    "AUTHENTICATE": cmd_authenticate,
+    "SELECT": cmd_select,
+    "EXAMINE": cmd_examine,
+    "CREATE": cmd_create,
+    "DELETE": cmd_delete,
+    "RENAME": cmd_rename,
+    "SUBSCRIBE": cmd_subscribe,
+    "UNSUBSCRIBE": cmd_unsubscribe,
+    "LIST": cmd_list,
+    "LSUB": cmd_lsub,
+    "STATUS": cmd_status,
+    "APPEND": cmd_append,
+    "NAMESPACE": cmd_namespace,
+    "ENABLE": cmd_enable,
+    "IDLE": cmd_idle,
+    "CHECK": cmd_check,
+    "CLOSE": cmd_close,
+    "UNSELECT": cmd_unselect,
+    "EXPUNGE": cmd_expunge,
+    "SEARCH": cmd_search,
+    "FETCH": cmd_fetch,
+    "STORE": cmd_store,
+    "COPY": cmd_copy,
+    "MOVE": cmd_move,
+}
+# RFC 3501 §7.4.1: no untagged EXPUNGE while these run (UID forms excepted).
+_NO_EXPUNGE: Final = frozenset({"FETCH", "STORE", "SEARCH"})
+
+
+async def run_command(c: ImapConnection, cmd: imap.CommandReceived) -> None:
+    """Run one command and write its tagged reply, whatever happens.
+
+    The one place where the three error kinds become replies.
+    """
+    fn = COMMANDS[cmd.name]
+    status, text, code = imap.Status.OK, "", None
+    try:
+        done = await fn(c, cmd)
+        text, code = done.text, done.code
+    except imap.CommandSyntaxError as exc:
+        status, text = imap.Status.BAD, exc.text
+    except CommandRefusedError as exc:
+        status, text, code = imap.Status.NO, exc.text, exc.code
+        log.info("imap %s refused: %s", cmd.name, exc, extra={"cid": c.cid})
+    except ServerFaultError as exc:
+        status, text, code = imap.Status.NO, exc.text, "UNAVAILABLE"
+        log.error("imap %s failed: %s", cmd.name, exc, extra={"cid": c.cid})
+    except (MailboxNotFoundError, FolderNotFoundError):
+        status, text, code = imap.Status.NO, "No such mailbox", "NONEXISTENT"
+    except FolderExistsError:
+        status, text, code = imap.Status.NO, "Mailbox already exists", "ALREADYEXISTS"
+    except FolderNotAllowedError as exc:
+        status, text, code = imap.Status.NO, f"Not allowed: {exc.reason}", "CANNOT"
+    except InvalidFlagError as exc:
+        status, text = imap.Status.BAD, f"Invalid flag: {exc.reason}"
+    except CorruptMessageError as exc:
+        log.error("imap %s: corrupt message: %s", cmd.name, exc, extra={"cid": c.cid})
+        status, text, code = imap.Status.NO, "Message unreadable", "CORRUPTION"
+    except (StoreError, OSError, sqlite3.Error) as exc:
+        log.error("imap %s: store failure: %s", cmd.name, exc, extra={"cid": c.cid})
+        status, text, code = imap.Status.NO, "Temporary failure", "UNAVAILABLE"
+    if c.conn.state is not imap.State.LOGOUT:
+        await flush_changes(c, expunge=cmd.uid or cmd.name not in _NO_EXPUNGE)
+    c.write(c.conn.send(imap.Tagged(cmd.tag, status, text, code)))
+
+
+__all__ = [
+    "COMMANDS",
+    "Done",
+    "capabilities",
+    "flush_changes",
+    "run_command",
+    "unselect",
+]
