@@ -423,7 +423,10 @@ class RelayHandler:
                 envelope,
                 policy.Decision(R554_BARE_LINE_ENDING, "bare CR or LF"),
             )
-        headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(data)
+        # Only the header section: the body can be megabytes (RFC 5322 §2.1).
+        head_end = data.find(b"\r\n\r\n")
+        head = data if head_end < 0 else data[: head_end + 4]
+        headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
         sender = envelope.sender_facts
         assert sender is not None  # noqa: S101
         added: list[str] = []
