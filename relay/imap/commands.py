@@ -964,9 +964,8 @@ async def cmd_search(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
     messages = await c.store(c.ctx.store.messages, sel.address, sel.folder)
     known = {u: i for i, u in enumerate(sel.uids)}
     store = c.ctx.store
-    found: list[int] = []
     largest_uid = sel.uids[-1] if sel.uids else 0
-    loop_needs_io = _needs_io(key)
+    candidates: list[Candidate] = []
     for info in messages:
         index = known.get(info.uid)
         if index is None:
@@ -979,21 +978,28 @@ async def cmd_search(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
         def load_message(uid: int = uid) -> bytes:
             return store.fetch(sel.address, sel.folder, uid)
 
-        candidate = Candidate(
-            seq=index + 1,
-            info=info,
-            largest_seq=len(sel.uids),
-            largest_uid=largest_uid,
-            recent=uid in sel.recent,
-            load_structure=load_structure,
-            load_message=load_message,
+        candidates.append(
+            Candidate(
+                seq=index + 1,
+                info=info,
+                largest_seq=len(sel.uids),
+                largest_uid=largest_uid,
+                recent=uid in sel.recent,
+                load_structure=load_structure,
+                load_message=load_message,
+            )
         )
-        if loop_needs_io:
-            hit = await c.store(matches, key, candidate)
-        else:
-            hit = matches(key, candidate)
-        if hit:
-            found.append(uid if cmd.uid else index + 1)
+
+    def run() -> list[int]:
+        return [
+            cand.info.uid if cmd.uid else cand.seq
+            for cand in candidates
+            if matches(key, cand)
+        ]
+
+    # Keys that read message data decrypt and parse: one worker thread for
+    # the whole folder, not one hop per message.
+    found = await c.store(run) if _needs_io(key) else run()
     c.untagged(imap.Atom("SEARCH"), *found)
     return Done(f"{'UID ' if cmd.uid else ''}SEARCH completed")
 
