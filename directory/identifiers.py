@@ -64,14 +64,25 @@ _FINESS = re.compile(r"(?:[0-9]{2}|2A|2B)[0-9]{7}")
 # Luhn doubles every second digit from the right and adds the digits of the
 # product: 0->0, 1->2, 2->4, 3->6, 4->8, 5->1, 6->3, 7->5, 8->7, 9->9.
 _LUHN_DOUBLED = str.maketrans("0123456789", "0246813579")
+# The same, two digits at a time: "dp" (d doubled, p plain) -> its Luhn sum.
+_LUHN_PAIRS: Final = {
+    f"{d}{p}": int(str(d).translate(_LUHN_DOUBLED)) + p
+    for d in range(10)
+    for p in range(10)
+}
+_PAIRS = re.compile(r"..", re.DOTALL)
 
 
 def luhn_valid(digits: str) -> bool:
     """Luhn check over a string of decimal digits (key included)."""
-    reverse = digits[::-1]
-    total = sum(map(int, reverse[::2])) + sum(
-        map(int, reverse[1::2].translate(_LUHN_DOUBLED))
-    )
+    # Pairs from the right are (doubled, plain); an odd length starts plain.
+    head = len(digits) % 2
+    total = int(digits[0]) if head else 0
+    try:
+        total += sum(map(_LUHN_PAIRS.__getitem__, _PAIRS.findall(digits, head)))
+    except KeyError:
+        msg = f"not decimal digits: {digits!r}"
+        raise ValueError(msg) from None
     return total % 10 == 0
 
 
@@ -112,14 +123,23 @@ def national_practitioner_id(value: str, field: str = "national_id") -> str:
     )
 
 
-@functools.lru_cache(maxsize=65536)  # structure ids repeat on every row of a site
 def finess(value: str, field: str = "finess") -> str:
     """A FINESS number: 9 characters, ``2A``/``2B`` allowed, Luhn key."""
+    try:
+        return _finess(value)
+    except InvalidFieldError as exc:
+        raise InvalidFieldError(field, exc.value, exc.reason) from None
+
+
+# Structure ids repeat on every row of a site: cached by value (the field name
+# only goes into an error, and errors are not cached).
+@functools.lru_cache(maxsize=65536)
+def _finess(value: str) -> str:
     v = value.strip().upper()
     if not _FINESS.fullmatch(v):
-        raise InvalidFieldError(field, value, "must be 9 digits (2A/2B allowed)")
+        raise InvalidFieldError("finess", value, "must be 9 digits (2A/2B allowed)")
     if not luhn_valid(v.replace("A", "0").replace("B", "0")):
-        raise InvalidFieldError(field, value, "FINESS key (Luhn) does not match")
+        raise InvalidFieldError("finess", value, "FINESS key (Luhn) does not match")
     return v
 
 
@@ -137,15 +157,22 @@ def siret(value: str, field: str = "siret") -> str:
     return v
 
 
-@functools.lru_cache(maxsize=65536)
 def national_structure_id(value: str, field: str = "structure_id") -> str:
     """idNatStruct: ``1`` + FINESS or ``3`` + SIRET."""
+    try:
+        return _national_structure_id(value)
+    except InvalidFieldError as exc:
+        raise InvalidFieldError(field, exc.value, exc.reason) from None
+
+
+@functools.lru_cache(maxsize=65536)  # by value, as _finess
+def _national_structure_id(value: str) -> str:
     v = value.strip().upper()
     if v.startswith("1") and len(v) == FINESS_LENGTH + 1:
-        return "1" + finess(v[1:], field)
+        return "1" + _finess(v[1:])
     if v.startswith("3") and len(v) == SIRET_LENGTH + 1:
-        return "3" + siret(v[1:], field)
-    raise InvalidFieldError(field, value, "must be 1 + FINESS or 3 + SIRET")
+        return "3" + siret(v[1:])
+    raise InvalidFieldError("structure_id", value, "must be 1 + FINESS or 3 + SIRET")
 
 
 def ins_key(nir: str) -> int:

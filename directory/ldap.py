@@ -988,7 +988,12 @@ class LdapDirectory:
         return lambda conn: _ldap_modify(conn, dn, change)
 
     async def import_batch(
-        self, entries: Sequence[Entry], run: ImportRun, merge: Merge | None = None
+        self,
+        entries: Sequence[Entry],
+        run: ImportRun,
+        merge: Merge | None = None,
+        *,
+        contents: Sequence[str] | None = None,
     ) -> BatchCounts:
         if not entries:
             return BatchCounts()
@@ -1008,7 +1013,7 @@ class LdapDirectory:
             )
         ):
             stored.update(part)
-        plan = plan_batch(entries, stored, run.run_id, merge)
+        plan = plan_batch(entries, stored, run.run_id, merge, contents)
         ops = [self._write_op(w, run.run_id) for w in plan.writes]
         ops += [self._touch_op(kind, k, run.run_id) for k in plan.touch]
         await self._fan_out("import_batch", ops)

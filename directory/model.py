@@ -50,7 +50,7 @@ from directory import identifiers as ids
 from directory.errors import InvalidFieldError
 
 if typing.TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
 
 class Status(enum.StrEnum):
@@ -235,7 +235,8 @@ class Mailbox:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "address", ids.address(self.address))
-        object.__setattr__(self, "bal_type", BalType(self.bal_type))
+        if type(self.bal_type) is not BalType:
+            object.__setattr__(self, "bal_type", BalType(self.bal_type))
         if self.owner_kind is OwnerKind.PRACTITIONER:
             owner = ids.national_practitioner_id(self.owner_id, "owner_id")
         else:
@@ -722,6 +723,29 @@ def decode_content(kind: Kind, content: str, status: str, source: str) -> Entry:
     record["status"] = status
     record["source"] = source
     entry: Entry = _content_plan(CLASS_OF[kind]).trusted(record)
+    return entry
+
+
+def entry_values(entry: Entry) -> tuple[Any, ...]:
+    """Every field of ``entry``, in a fixed order, for :func:`entry_from_values`.
+
+    Plain values (nested entries' parts stay objects): cheap to pickle, which is
+    how an import's parsing process hands its entries over.
+    """
+    values: tuple[Any, ...] = _content_plan(type(entry)).values(entry)
+    return values
+
+
+def entry_from_values(kind: Kind, values: Sequence[Any]) -> Entry:
+    """Rebuild an entry from :func:`entry_values`, trusted (not validated again).
+
+    Only for values taken from an entry that was validated when built.
+    """
+    plan = _content_plan(CLASS_OF[kind])
+    entry: Entry = object.__new__(plan.cls)
+    setattr_ = object.__setattr__
+    for name, value in zip(plan.names, values, strict=True):
+        setattr_(entry, name, value)
     return entry
 
 

@@ -104,17 +104,24 @@ def plan_batch(
     stored: Mapping[str, StoredState],
     run_id: str,
     merge: Merge | None = None,
+    contents: Sequence[str] | None = None,
 ) -> BatchPlan:
     """Decide, for one batch, what to write. Pure; see the module docstring.
 
     ``stored`` holds the state of every key of ``entries`` that exists; for a
     key whose ``last_run`` is ``run_id`` and when ``merge`` is given, its
     ``entry`` must be loaded. Counts are per key, after merging, so that an
-    entry built from several rows is compared whole.
+    entry built from several rows is compared whole. Each entry is encoded
+    once (:func:`~directory.model.encode_content`); the digest is that
+    encoding's, and :attr:`Write.content` hands it to the backend.
+    ``contents``, when given, holds each entry's encoding already made (by the
+    importer's parsing process); an entry that merging changed is encoded
+    again.
     """
     plan = BatchPlan()
     combined: dict[str, Entry] = {}
-    for entry in entries:
+    given: dict[str, str] = {}
+    for i, entry in enumerate(entries):
         key = key_of(entry)
         earlier = combined.get(key)
         if earlier is None:
@@ -126,12 +133,15 @@ def plan_batch(
                     continue
         if earlier is None:
             combined[key] = entry
+            if contents is not None:
+                given[key] = contents[i]
         elif merge is None:
             plan.counts.duplicates += 1
         else:
             combined[key] = merge(earlier, entry)
+            given.pop(key, None)
     for key, entry in combined.items():
-        content = encode_content(entry)
+        content = given.get(key) or encode_content(entry)
         digest = digest_of(content)
         state = stored.get(key)
         if state is None:
@@ -238,9 +248,18 @@ class Directory(Protocol):
 
     # --- imports ---------------------------------------------------------
     async def import_batch(
-        self, entries: Sequence[Entry], run: ImportRun, merge: Merge | None = None
+        self,
+        entries: Sequence[Entry],
+        run: ImportRun,
+        merge: Merge | None = None,
+        *,
+        contents: Sequence[str] | None = None,
     ) -> BatchCounts:
-        """Apply one batch (all entries of one kind) in one transaction."""
+        """Apply one batch (all entries of one kind) in one transaction.
+
+        ``contents``: each entry's :func:`~directory.model.encode_content`,
+        when the caller has it already (see :func:`plan_batch`).
+        """
         ...
 
     async def suspend_absent(self, kind: Kind, run: ImportRun) -> list[str]:

@@ -570,7 +570,11 @@ class SqliteDirectory:
         return states
 
     def _import_batch(
-        self, entries: Sequence[Entry], run: ImportRun, merge: Merge | None
+        self,
+        entries: Sequence[Entry],
+        run: ImportRun,
+        merge: Merge | None,
+        contents: Sequence[str] | None,
     ) -> BatchCounts:
         if not entries:
             return BatchCounts()
@@ -582,6 +586,7 @@ class SqliteDirectory:
                 self._states(kind, keys, run.run_id, merge is not None),
                 run.run_id,
                 merge,
+                contents,
             )
             inserts = [w for w in plan.writes if w.insert]
             updates = [w for w in plan.writes if not w.insert]
@@ -609,9 +614,14 @@ class SqliteDirectory:
         return plan.counts
 
     async def import_batch(
-        self, entries: Sequence[Entry], run: ImportRun, merge: Merge | None = None
+        self,
+        entries: Sequence[Entry],
+        run: ImportRun,
+        merge: Merge | None = None,
+        *,
+        contents: Sequence[str] | None = None,
     ) -> BatchCounts:
-        return await self._run(self._import_batch, entries, run, merge)
+        return await self._run(self._import_batch, entries, run, merge, contents)
 
     def _suspend_absent(self, kind: Kind, run: ImportRun) -> list[str]:
         with self._transaction() as db:
