@@ -580,9 +580,36 @@ def digest_of(content: str) -> str:
 # bool, int, StrEnum -- a str --, None, tuples of those) and a converter for
 # the others (nested dataclasses, dates, bytes).
 
+
 # Keys are put in sorted order by the plans (nested records too), so the
 # encoder need not sort: same bytes as ``sort_keys=True``, less work.
-_CONTENT_JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+def _content_json() -> typing.Callable[[Any], str]:
+    """``JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode``, made
+    once: ``encode`` builds a new C encoder on every call, which costs as much
+    as encoding a small record."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator: the plain encoder
+        return json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+    def default(value: Any) -> Any:  # noqa: ANN401 - json's hook
+        msg = f"not JSON serialisable: {type(value).__name__}"
+        raise TypeError(msg)
+
+    encoder = make(
+        None,  # no circular-reference check: records are trees
+        default,
+        json.encoder.encode_basestring,  # ensure_ascii=False
+        None,  # indent
+        ":",
+        ",",
+        False,  # sort_keys: the plans put keys in order
+        False,  # skipkeys
+        True,  # allow_nan
+    )
+    return lambda record: "".join(encoder(record, 0))
+
+
+_CONTENT_JSON: Final = _content_json()
 _NOT_CONTENT: Final = ("status", "source")
 _Convert: TypeAlias = typing.Callable[[Any], Any]
 
@@ -634,6 +661,48 @@ def _from_json(tp: Any) -> _Convert | None:  # noqa: ANN401 - type hint object
     return None
 
 
+def _to_plain(tp: Any) -> _Convert | None:  # noqa: ANN401 - type hint object
+    """How a value of type ``tp`` becomes builtins only (for :mod:`marshal`)."""
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        convert = _to_plain(inner)
+        return None if convert is None else _optional(convert)
+    if origin is tuple:
+        item = _to_plain(typing.get_args(tp)[0])
+        return None if item is None else (lambda v: tuple(map(item, v)))
+    if isinstance(tp, type):
+        if issubclass(tp, enum.Enum):
+            return operator.attrgetter("_value_")
+        if tp is datetime or tp is date:
+            return lambda v: v.isoformat()
+        if dataclasses.is_dataclass(tp):
+            return _content_plan(tp).plain
+    return None  # str, bool, int, bytes
+
+
+def _from_plain(tp: Any) -> _Convert | None:  # noqa: ANN401 - type hint object
+    """The inverse of :func:`_to_plain` (trusted)."""
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        convert = _from_plain(inner)
+        return None if convert is None else _optional(convert)
+    if origin is tuple:
+        item = _from_plain(typing.get_args(tp)[0])
+        return None if item is None else (lambda v: tuple(map(item, v)))
+    if isinstance(tp, type):
+        if issubclass(tp, enum.Enum):
+            return {m.value: m for m in tp}.__getitem__
+        if tp is datetime:
+            return datetime.fromisoformat
+        if tp is date:
+            return date.fromisoformat
+        if dataclasses.is_dataclass(tp):
+            return _content_plan(tp).from_plain
+    return None
+
+
 class _ContentPlan:
     """Encoder and trusted decoder of one dataclass, built once."""
 
@@ -661,6 +730,38 @@ class _ContentPlan:
             for f in fields
             if f.default_factory is not dataclasses.MISSING
         )
+        # Plain values (entry_values): names order, converters by position.
+        self.to_plain = tuple(
+            (i, c)
+            for i, n in enumerate(names)
+            if (c := _to_plain(hints[n])) is not None
+        )
+        self.from_plain_at = tuple(
+            (i, c)
+            for i, n in enumerate(names)
+            if (c := _from_plain(hints[n])) is not None
+        )
+
+    def plain(self, obj: Any) -> tuple[Any, ...]:  # noqa: ANN401 - any dataclass
+        values = self.values(obj)
+        if not self.to_plain:
+            return tuple(values)
+        out = list(values)
+        for i, convert in self.to_plain:
+            out[i] = convert(out[i])
+        return tuple(out)
+
+    def from_plain(self, values: Sequence[Any]) -> Any:  # noqa: ANN401
+        if self.from_plain_at:
+            values = list(values)
+            for i, convert in self.from_plain_at:
+                if values[i] is not None:
+                    values[i] = convert(values[i])
+        obj = object.__new__(self.cls)
+        setattr_ = object.__setattr__
+        for name, value in zip(self.names, values, strict=True):
+            setattr_(obj, name, value)
+        return obj
 
     def as_dict(self, obj: Any) -> dict[str, Any]:  # noqa: ANN401 - any dataclass
         record = dict(zip(self.names, self.values(obj), strict=True))
@@ -709,7 +810,7 @@ def _content_plan(cls: type[Any]) -> _ContentPlan:
 def encode_content(entry: Entry) -> str:
     """The canonical JSON of an entry's content (see the module docstring)."""
     cls = type(entry)
-    return _CONTENT_JSON.encode(_content_plan(cls).content(entry, KIND_OF[cls].value))
+    return _CONTENT_JSON(_content_plan(cls).content(entry, KIND_OF[cls].value))
 
 
 def decode_content(kind: Kind, content: str, status: str, source: str) -> Entry:
@@ -727,13 +828,11 @@ def decode_content(kind: Kind, content: str, status: str, source: str) -> Entry:
 
 
 def entry_values(entry: Entry) -> tuple[Any, ...]:
-    """Every field of ``entry``, in a fixed order, for :func:`entry_from_values`.
-
-    Plain values (nested entries' parts stay objects): cheap to pickle, which is
-    how an import's parsing process hands its entries over.
-    """
-    values: tuple[Any, ...] = _content_plan(type(entry)).values(entry)
-    return values
+    """Every field of ``entry`` as builtins only (str, int, bool, bytes, None,
+    tuples), in a fixed order: what :mod:`marshal` takes, which is how an
+    import's parsing process hands its entries over. See
+    :func:`entry_from_values`."""
+    return _content_plan(type(entry)).plain(entry)
 
 
 def entry_from_values(kind: Kind, values: Sequence[Any]) -> Entry:
@@ -741,11 +840,7 @@ def entry_from_values(kind: Kind, values: Sequence[Any]) -> Entry:
 
     Only for values taken from an entry that was validated when built.
     """
-    plan = _content_plan(CLASS_OF[kind])
-    entry: Entry = object.__new__(plan.cls)
-    setattr_ = object.__setattr__
-    for name, value in zip(plan.names, values, strict=True):
-        setattr_(entry, name, value)
+    entry: Entry = _content_plan(CLASS_OF[kind]).from_plain(values)
     return entry
 
 

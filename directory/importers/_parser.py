@@ -11,10 +11,12 @@ Wire format (stdout), what must stay true:
 
 - a sequence of frames, each a 4-byte big-endian length then a
   :mod:`marshal` payload of builtins only (never pickle);
-- a data frame is a list of items: an entry as ``(rows, kind, content,
-  status, source)`` -- ``content`` is :func:`directory.model.encode_content`,
-  which the parent decodes without validating again (the entry was validated
-  here) --, a rejected row as ``(rows, line, reason)``; ``rows`` is the number
+- a data frame is a list of items: an entry as ``(rows, kind, values,
+  content)`` -- ``values`` is :func:`directory.model.entry_values`, which the
+  parent turns back into the entry without validating it again (it was
+  validated here), ``content`` its :func:`directory.model.encode_content`,
+  so that the parent does not encode it again --, a rejected row as
+  ``(rows, line, reason)``; ``rows`` is the number
   of data rows read when the item came out, so progress reports are the same
   as in one process;
 - the last frame is ``{"rows": n, "fallback_lines": n}``, or ``{"failed":
@@ -25,6 +27,7 @@ Wire format (stdout), what must stay true:
 
 from __future__ import annotations
 
+import gc
 import marshal
 import sys
 from pathlib import Path
@@ -41,7 +44,7 @@ from directory.importers._run import (
     layout,
     parse,
 )
-from directory.model import encode_content, kind_of
+from directory.model import encode_content, entry_values, kind_of
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -71,9 +74,8 @@ def run(path: Path, fmt: str, out: IO[bytes]) -> None:
                         (
                             rows,
                             kind_of(item).value,
+                            entry_values(item),
                             encode_content(item),
-                            item.status.value,
-                            item.source,
                         )
                     )
                 if len(chunk) >= CHUNK_ITEMS:
@@ -88,6 +90,9 @@ def run(path: Path, fmt: str, out: IO[bytes]) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
+    # This process allocates many short-lived objects and keeps none: the
+    # cyclic collector would only spend time walking them.
+    gc.disable()
     fmt, path = argv
     out = sys.stdout.buffer
     try:
