@@ -14,7 +14,7 @@ Every error the library raises derives from :class:`MSSanteError`.
 
 from __future__ import annotations
 
-from mssante._client import Client, SentMessage
+from mssante._client import Client, OpenedMessage, SentMessage
 from mssante._config import Timeouts, TLSConfig
 from mssante._errors import (
     AuthenticationError,
@@ -29,6 +29,7 @@ from mssante._errors import (
     TLSVerificationError,
     TransportError,
 )
+from mssante._mailbox import InboxItem, MailboxSession, Receipts
 from mssante._reports import report_from_cda
 from mssante._sync import SyncClient
 from mssante._traces import TraceLog
@@ -71,14 +72,18 @@ __all__ = [
     "DispositionNotification",
     "DispositionType",
     "Document",
+    "InboxItem",
     "Institution",
     "IntegrationError",
     "IntegrationErrorCode",
     "MSSanteError",
+    "MailboxSession",
     "MessageError",
     "MessageRefusedError",
     "MessageTooLargeError",
+    "OpenedMessage",
     "Patient",
+    "Receipts",
     "ReceivedMessage",
     "RecipientStatus",
     "RecipientsRefusedError",

@@ -26,7 +26,7 @@ import contextlib
 import email.policy
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.parser import BytesHeaderParser
 from typing import TYPE_CHECKING, Final
 
@@ -38,6 +38,12 @@ from mssante._errors import (
     SenderRefusedError,
     SubmissionError,
     TLSVerificationError,
+)
+from mssante._mailbox import (
+    DEFAULT_MDN_OVERDUE_AFTER,
+    InboxItem,
+    MailboxSession,
+    Receipts,
 )
 from mssante._transport import SmtpConnection, tls_context
 from mssante.message import Report, Software, compose_message, make_message_id
@@ -56,7 +62,8 @@ if TYPE_CHECKING:
 
     from mssante._config import Timeouts, TLSConfig
     from mssante._traces import TraceLog
-    from mssante.crypto.certs import SignerCredential
+    from mssante.crypto.certs import SignerCredential, TrustStore
+    from mssante.crypto.cms import Verification
 
 DEFAULT_SOFTWARE: Final = Software(product="mssante-client 0.1", source_oid="2.25.1")
 DSN_NOTIFY: Final = ("SUCCESS", "FAILURE", "DELAY")
@@ -88,6 +95,25 @@ class _Session:
     capabilities: Capabilities
     login: str | None
     host: str
+    password: str | None = field(default=None, repr=False)
+    tls: TLSConfig | None = None
+    imap_port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedMessage:
+    """A message read from the mailbox, with its S/MIME layers peeled.
+
+    ``message`` is the innermost content (the plain MIME message);
+    ``verification`` is the result of the innermost signature (None when
+    unsigned); ``encrypted`` says whether it was encrypted.
+    """
+
+    uid: int
+    raw: bytes
+    message: bytes
+    encrypted: bool
+    verification: Verification | None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -121,6 +147,7 @@ class Client:
         traces: TraceLog | None = None,
         client_name: str = "mssante-client",
         clock: Callable[[], datetime] = _now,
+        imap_port: int | None = 993,
     ) -> AsyncIterator[Client]:
         """Connect, secure, authenticate; yield the client; quit.
 
@@ -160,7 +187,7 @@ class Client:
                         f"{host}: authentication refused: {reply}", reply
                     )
             client = cls(
-                _session=_Session(conn, caps, login, host),
+                _session=_Session(conn, caps, login, host, password, tls, imap_port),
                 software=software,
                 signer=signer,
                 traces=traces,
@@ -201,6 +228,66 @@ class Client:
 
             data = smime.sign(data, self.signer, at=now)
         return message_id, data
+
+    @contextlib.asynccontextmanager
+    async def mailbox(self) -> AsyncIterator[MailboxSession]:
+        """An IMAP session (implicit TLS) on the same host, with the same login."""
+        session = self._session
+        if session.login is None or session.password is None or session.tls is None:
+            raise AuthenticationError(
+                "IMAP needs the login and password of connect()", None
+            )
+        if session.imap_port is None:
+            raise ValueError("imap_port: not configured")
+        async with MailboxSession.open(
+            session.host,
+            session.imap_port,
+            login=session.login,
+            password=session.password,
+            tls=session.tls,
+        ) as mailbox:
+            yield mailbox
+
+    async def receipts(
+        self,
+        sent: Sequence[SentMessage],
+        *,
+        mdn_overdue_after: timedelta = DEFAULT_MDN_OVERDUE_AFTER,
+    ) -> list[Receipts]:
+        """The DSNs and MDNs that came back for ``sent``, correlated by Message-ID."""
+        async with self.mailbox() as mailbox:
+            return await mailbox.receipts(
+                sent, now=self.clock(), mdn_overdue_after=mdn_overdue_after
+            )
+
+    async def inbox(self, folder: str = "INBOX") -> list[InboxItem]:
+        """The messages of ``folder`` (headers only; nothing is marked seen)."""
+        async with self.mailbox() as mailbox:
+            return await mailbox.messages(folder)
+
+    async def open(
+        self,
+        uid: int,
+        *,
+        folder: str = "INBOX",
+        trust: TrustStore | None = None,
+        recipient: SignerCredential | None = None,
+    ) -> OpenedMessage:
+        """Fetch one message, decrypt it with ``recipient``, verify its signature.
+
+        Without ``trust`` the message is returned as stored (no S/MIME
+        processing). A bad signature is a result, not an exception.
+        """
+        async with self.mailbox() as mailbox:
+            raw = await mailbox.fetch(uid, folder)
+        if trust is None:
+            return OpenedMessage(uid, raw, raw, encrypted=False, verification=None)
+        from mssante.crypto import smime
+
+        unwrapped = smime.unwrap(raw, trust, at=self.clock(), recipient=recipient)
+        return OpenedMessage(
+            uid, raw, unwrapped.message, unwrapped.encrypted, unwrapped.verification
+        )
 
     async def send(self, report: Report) -> SentMessage:
         """Compose (and sign) ``report`` and submit it to every recipient."""

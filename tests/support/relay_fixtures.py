@@ -197,6 +197,7 @@ def relay_config(
                 "mx": listener,
                 "timeout": 30.0,
             },
+            "imap": {"plain": listener, "implicit": listener, "timeout": 30.0},
             "auth": {
                 "failure_delay": 0.0,
                 "max_failures": 3,
