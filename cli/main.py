@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 from cli import accounts, output
 from cli import audit as audit_cli
+from cli import mailbox as mailbox_cli
 from cli import send as send_cli
 from directory import identifiers as ids
 from directory.certs import check_for_mailbox
@@ -472,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     accounts.add_parser(top)
     audit_cli.add_parser(top)
     send_cli.add_parser(top)
+    mailbox_cli.add_parsers(top)
 
     dirp = top.add_parser("directory", help="manage the trust directory")
     sub = dirp.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
@@ -658,6 +660,10 @@ async def _run(args: argparse.Namespace, ctx: Context) -> int:
         return audit_cli.run_audit(ctx, args)
     if handler == "send":
         return await asyncio.to_thread(send_cli.run_send, ctx, args)
+    if handler == "inbox":
+        return await asyncio.to_thread(mailbox_cli.run_inbox, ctx, args)
+    if handler == "receipts":
+        return await asyncio.to_thread(mailbox_cli.run_receipts, ctx, args)
     d = await open_directory(ctx.directory_config)
     try:
         if isinstance(handler, str) and handler.startswith("import:"):
@@ -676,7 +682,7 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stream = out if out is not None else sys.stdout
     try:
-        if args.handler == "send" and args.config is None:
+        if args.handler in {"send", "inbox", "receipts"} and args.config is None:
             # A client command: it needs no relay configuration.
             config = Config(
                 relay=RelaySettings(data_dir=Path("data"), domain="localhost")

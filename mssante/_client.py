@@ -44,6 +44,7 @@ from mssante._mailbox import (
     InboxItem,
     MailboxSession,
     Receipts,
+    SentRecord,
 )
 from mssante._transport import SmtpConnection, tls_context
 from mssante.message import Report, Software, compose_message, make_message_id
@@ -250,7 +251,7 @@ class Client:
 
     async def receipts(
         self,
-        sent: Sequence[SentMessage],
+        sent: Sequence[SentRecord],
         *,
         mdn_overdue_after: timedelta = DEFAULT_MDN_OVERDUE_AFTER,
     ) -> list[Receipts]:
@@ -355,6 +356,7 @@ class Client:
             at,
             str(sent.reply),
             refused={k: str(v) for k, v in sent.refused.items()},
+            read_receipt=read_receipt,
         )
         return sent
 

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from email.parser import BytesHeaderParser
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import aioimaplib
 
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
     from datetime import datetime
 
-    from mssante._client import SentMessage
     from mssante._config import TLSConfig
     from mssante.message import Disposition
 
@@ -57,6 +56,27 @@ _UID: Final = re.compile(rb"UID (\d+)")
 _FLAGS: Final = re.compile(rb"FLAGS \(([^)]*)\)")
 _SIZE: Final = re.compile(rb"RFC822\.SIZE (\d+)")
 _HEADER_FIELDS: Final = "MESSAGE-ID FROM SUBJECT DATE CONTENT-TYPE"
+
+
+class SentRecord(Protocol):
+    """What receipts are matched against: a :class:`~mssante.SentMessage`, or
+    a record read back from the client traces."""
+
+    @property
+    def message_id(self) -> str: ...
+    @property
+    def read_receipt(self) -> bool: ...
+    @property
+    def at(self) -> datetime: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TracedSend:
+    """A sent message as the client traces remember it."""
+
+    message_id: str
+    read_receipt: bool
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +227,7 @@ class MailboxSession:
 
     async def receipts(
         self,
-        sent: Sequence[SentMessage],
+        sent: Sequence[SentRecord],
         *,
         now: datetime,
         folder: str = "INBOX",
@@ -243,7 +263,7 @@ class MailboxSession:
     @staticmethod
     def _read_report(
         raw: bytes,
-        wanted: dict[str, SentMessage],
+        wanted: dict[str, SentRecord],
         delivery: dict[str, dict[str, tuple[str, str]]],
         dispositions: dict[str, dict[str, Disposition]],
     ) -> None:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from mssante._config import DEFAULT_TRACE_RETENTION_DAYS
+from mssante._mailbox import TracedSend
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -61,6 +62,18 @@ class TraceLog:
             if (since is None or at >= since) and (until is None or at < until):
                 out.append(row)
         return out
+
+    def sent(self, since: datetime | None = None) -> list[TracedSend]:
+        """The accepted submissions, to ask for their receipts."""
+        return [
+            TracedSend(
+                message_id=str(row["message_id"]),
+                read_receipt=bool(row.get("read_receipt", False)),
+                at=datetime.fromisoformat(row["time"]),
+            )
+            for row in self.export(since)
+            if row.get("event") == "send.accepted" and row.get("message_id")
+        ]
 
     def prune(self, now: datetime) -> int:
         """Drop records older than the retention; returns how many went."""

@@ -94,6 +94,30 @@ async def test_cli_send_with_cda_and_pdf(relay: Harness, tmp_path: Path) -> None
     assert b"X-MSS-MES: FIN" in stored
     assert b"Disposition-Notification-To: " + DOCTOR.address.encode() in stored
     assert (tmp_path / "traces.jsonl").exists()
+    # The sender reads the relay's DSN back: inbox, then receipts from the traces.
+    imap_host, imap_port = relay.address("imaps")
+    reading = [
+        "--server",
+        f"{imap_host}:{imap_port}",
+        "--login",
+        DOCTOR.address,
+        "--password-file",
+        str(password),
+        "--ca-file",
+        str(relay.ca_file),
+    ]
+    status, out, err = await _cli("--json", "inbox", *reading)
+    assert status == 0, err
+    [item] = json.loads(out)
+    assert item["report"] is True
+    status, out, err = await _cli(
+        "--json", "receipts", *reading, "--traces", str(tmp_path / "traces.jsonl")
+    )
+    assert status == 0, err
+    [receipt] = json.loads(out)
+    assert receipt["message_id"] == result["message_id"]
+    assert receipt["delivery"] == {PATIENT_ADDRESS: ["delivered", "2.0.0"]}
+    assert receipt["mdn_overdue"] is False
     # Wrong patient: refused locally, exit 2, nothing sent.
     status, _, err = await _cli(
         *common, "--to", PATIENT_ADDRESS, "--patient-ins", "155069912300108"
