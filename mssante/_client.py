@@ -257,8 +257,34 @@ class Client:
     ) -> list[Receipts]:
         """The DSNs and MDNs that came back for ``sent``, correlated by Message-ID."""
         async with self.mailbox() as mailbox:
-            return await mailbox.receipts(
+            found = await mailbox.receipts(
                 sent, now=self.clock(), mdn_overdue_after=mdn_overdue_after
+            )
+        if self.traces is not None:
+            for r in found:
+                if r.delivery or r.dispositions or r.mdn_overdue:
+                    self.traces.record(
+                        "receipt.received",
+                        at=self.clock(),
+                        author=self._session.login,
+                        message_id=r.message_id,
+                        delivery={k: list(v) for k, v in r.delivery.items()},
+                        read={k: v.field_value() for k, v in r.dispositions.items()},
+                        mdn_overdue=r.mdn_overdue,
+                    )
+        return found
+
+    async def delete(self, uid: int, *, folder: str = "INBOX") -> None:
+        """Delete a message from the mailbox (traced)."""
+        async with self.mailbox() as mailbox:
+            await mailbox.delete(uid, folder)
+        if self.traces is not None:
+            self.traces.record(
+                "message.deleted",
+                at=self.clock(),
+                author=self._session.login,
+                folder=folder,
+                uid=uid,
             )
 
     async def inbox(self, folder: str = "INBOX") -> list[InboxItem]:

@@ -225,6 +225,14 @@ class MailboxSession:
             return literal
         raise TransportError(f"IMAP FETCH: no message with UID {uid} in {folder}")
 
+    async def delete(self, uid: int, folder: str = "INBOX") -> None:
+        """Delete one message: ``\\Deleted`` then ``UID EXPUNGE`` (RFC 4315 §2.1)."""
+        await self.select(folder)
+        await self._command(
+            "STORE", self._imap.uid("store", str(uid), "+FLAGS.SILENT", "(\\Deleted)")
+        )
+        await self._command("UID EXPUNGE", self._imap.uid("expunge", str(uid)))
+
     async def receipts(
         self,
         sent: Sequence[SentRecord],

@@ -68,6 +68,25 @@ async def test_report_reaches_a_colleague_and_the_patient_intact(
     assert sent.refused == {}
     assert sent.reply.code == 250
     await relay.delivered()
+
+    # The colleague reads it with a foreign client (stdlib imaplib).
+    def read_with_imaplib() -> bytes:
+        import imaplib
+
+        imap_host, imap_port = relay.address("imaps")
+        with imaplib.IMAP4_SSL(
+            imap_host, imap_port, ssl_context=relay.client_context(), timeout=10
+        ) as imap:
+            imap.login(URGENCES.address, PASSWORD)
+            imap.select("INBOX")
+            _, data = imap.uid("FETCH", "1:*", "(BODY.PEEK[])")
+            first = data[0]
+            assert isinstance(first, tuple)
+            return first[1]
+
+    by_imap = await relay.run(read_with_imaplib)
+    xdm = parse_message(by_imap)
+    assert xdm.report.patient == samples.PATIENT
     for mailbox in (URGENCES.address, PATIENT_ADDRESS):
         [stored] = relay.messages(mailbox)
         received = parse_message(stored)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from mssante import Client, TLSConfig
+from mssante import Client, TLSConfig, TraceLog
 from mssante.message import (
     Disposition,
     DispositionType,
@@ -19,6 +19,8 @@ from tests.message import samples
 from tests.support.relay_fixtures import DOCTOR, PASSWORD, URGENCES
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from mssante.crypto.testpki import TestPKI
     from tests.support.relay_fixtures import Harness
 
@@ -82,6 +84,23 @@ async def test_dsn_and_mdn_come_back_and_are_correlated(relay: Harness) -> None:
     assert receipts.dispositions[URGENCES.address].type is DispositionType.PROCESSED
     assert receipts.mdn_requested
     assert not receipts.mdn_overdue
+
+
+async def test_receipts_and_deletions_are_traced(
+    relay: Harness, tmp_path: Path
+) -> None:
+    traces = TraceLog(tmp_path / "traces.jsonl")
+    report = samples.report(sender=DOCTOR.address, to=(URGENCES.address,))
+    async with _connect(relay, DOCTOR.address, traces=traces) as doctor:  # type: ignore[attr-defined]
+        sent = await doctor.send(report)
+        await relay.delivered()
+        await doctor.receipts([sent])
+        [dsn] = await doctor.inbox()
+        await doctor.delete(dsn.uid)
+        assert await doctor.inbox() == []
+    events = [t["event"] for t in traces.export()]
+    assert events == ["send.accepted", "receipt.received", "message.deleted"]
+    assert "Veuillez" not in (tmp_path / "traces.jsonl").read_text()
 
 
 async def test_missing_mdn_is_flagged_after_the_delay(relay: Harness) -> None:
