@@ -82,7 +82,8 @@ async def test_report_reaches_a_colleague_and_the_patient_intact(
             _, data = imap.uid("FETCH", "1:*", "(BODY.PEEK[])")
             first = data[0]
             assert isinstance(first, tuple)
-            return first[1]
+            body: bytes = first[1]
+            return body
 
     by_imap = await relay.run(read_with_imaplib)
     xdm = parse_message(by_imap)
