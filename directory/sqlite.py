@@ -132,8 +132,21 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 _Row = tuple[
-    str, str, str, str, str, str, str, str, str | None, str | None, str | None, str
+    Kind,
+    str,
+    str,
+    str,
+    Status,
+    StatusOrigin,
+    str,
+    str,
+    str | None,
+    str | None,
+    str | None,
+    str,
 ]
+_STATUS: Final = {s.value: s for s in Status}
+_ORIGIN: Final = {o.value: o for o in StatusOrigin}
 
 
 def _derived(entry: Entry) -> tuple[str | None, str | None, str | None, str]:
@@ -435,13 +448,14 @@ class SqliteDirectory:
         entry: Entry, content: str, digest: str, origin: StatusOrigin, last_run: str
     ) -> _Row:
         addr, owner, ref, search = _derived(entry)
+        # StrEnum members bind as their text (cheaper than .value, per row).
         return (
-            kind_of(entry).value,
+            kind_of(entry),
             key_of(entry),
             content,
             digest,
-            entry.status.value,
-            origin.value,
+            entry.status,
+            origin,
             entry.source,
             last_run,
             addr,
@@ -565,7 +579,7 @@ class SqliteDirectory:
                     else None
                 )
                 states[key] = StoredState(
-                    digest, Status(status), StatusOrigin(origin), last_run, entry
+                    digest, _STATUS[status], _ORIGIN[origin], last_run, entry
                 )
         return states
 

@@ -10,7 +10,8 @@
 Row parsing (:mod:`.mssante`, :mod:`.rpps`, :func:`parse_whitelist`) is pure
 and separate from running (async, through the
 :class:`~directory.protocol.Directory` protocol only), so the same importer
-serves the sqlite and the LDAP backends.
+serves the sqlite and the LDAP backends. A large extraction is parsed in a
+process of its own (:mod:`._parser`) while this one writes.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from directory.importers._run import (
     FORMATS,
     MAX_LISTED_KEYS,
     MAX_REJECT_DETAILS,
+    PARALLEL_MIN_BYTES,
     Format,
     ImportReport,
     KindReport,
@@ -45,6 +47,7 @@ __all__ = [
     "FORMATS",
     "MAX_LISTED_KEYS",
     "MAX_REJECT_DETAILS",
+    "PARALLEL_MIN_BYTES",
     "ChecksumMismatchError",
     "Format",
     "HeaderMismatchError",

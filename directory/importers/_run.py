@@ -14,7 +14,9 @@ What must stay true:
 - A bad row never stops the import: it is counted and, for the first
   :data:`MAX_REJECT_DETAILS`, recorded with its line number and reason.
 - Memory is bounded by the batch size plus, for the MSSanté file, the set of
-  structure ids seen (tens of thousands), never by the number of rows.
+  structure ids seen (tens of thousands), never by the number of rows; with
+  a parsing process, plus :data:`_READ_AHEAD_FRAMES` frames of
+  :data:`CHUNK_ITEMS` items read ahead.
 - Each batch is one transaction (the backend's); absent entries are suspended
   only after the last batch succeeded, so a failed run suspends nothing.
 - The same rows give the same entries, batches, counts and progress calls
