@@ -501,3 +501,21 @@ def _check_cda_patient(doc: Document, patient: Patient) -> None:
             "document.recordTarget",
             f"{header.title}: CDA patient is not the report's patient",
         )
+    # The INS traits the CDA states must be the report's (identity
+    # vigilance: one INS with another person's traits is a wrong patient).
+    traits = {
+        "birth_name": (cda_patient.birth_name, patient.birth_name),
+        "sex": (cda_patient.sex, patient.sex.value),
+        "birth_date": (cda_patient.birth_date, patient.birth_date),
+    }
+    if cda_patient.first_names:
+        traits["first_names"] = (
+            tuple(n.upper() for n in cda_patient.first_names),
+            tuple(n.upper() for n in patient.first_names),
+        )
+    for name, (in_cda, in_report) in traits.items():
+        if in_cda is not None and in_cda != in_report:
+            raise InvalidFieldError(
+                f"report.patient.{name}",
+                f"{header.title}: the CDA says {in_cda!r}, the report {in_report!r}",
+            )

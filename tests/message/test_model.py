@@ -171,3 +171,21 @@ def test_every_model_error_is_a_message_error() -> None:
 def test_header_injection_in_subject_is_refused() -> None:
     with pytest.raises(InvalidFieldError, match="subject"):
         samples.report(subject="x\r\nBcc: evil@example.org")
+
+
+def test_patient_traits_must_match_the_cda() -> None:
+    import dataclasses
+
+    import pytest
+
+    from mssante.message import InvalidFieldError
+    from tests.message import samples
+
+    wrong = dataclasses.replace(samples.PATIENT, birth_name="DURAND")
+    with pytest.raises(InvalidFieldError, match=r"report\.patient\.birth_name"):
+        samples.report(patient=wrong)
+    wrong_date = dataclasses.replace(
+        samples.PATIENT, birth_date=samples.PATIENT.birth_date.replace(day=16)
+    )
+    with pytest.raises(InvalidFieldError, match="birth_date"):
+        samples.report(patient=wrong_date)
