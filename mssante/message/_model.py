@@ -503,7 +503,7 @@ def _check_cda_patient(doc: Document, patient: Patient) -> None:
         )
     # The INS traits the CDA states must be the report's (identity
     # vigilance: one INS with another person's traits is a wrong patient).
-    traits = {
+    traits: dict[str, tuple[object, object]] = {
         "birth_name": (cda_patient.birth_name, patient.birth_name),
         "sex": (cda_patient.sex, patient.sex.value),
         "birth_date": (cda_patient.birth_date, patient.birth_date),
