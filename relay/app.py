@@ -28,6 +28,7 @@ from relay.imap import ImapContext, ImapServer
 from relay.queue.deliver import LocalDelivery
 from relay.queue.notices import success_notices
 from relay.queue.spool import Spool
+from relay.smime import RelaySmime
 from relay.smtp.handler import HandlerContext, RelayHandler
 from relay.smtp.server import RelaySMTP
 from relay.store import MailStore, MasterKey
@@ -148,6 +149,13 @@ async def run_relay(
         stack.callback(store.close)
         spool = Spool.open(data_dir, master.derive("spool"))
         local = local_domains(cfg)
+        smime = (
+            RelaySmime(
+                cfg.smime, data_dir=data_dir, hostname=cfg.relay.hostname, audit=audit
+            )
+            if cfg.smime is not None
+            else None
+        )
         delivery = LocalDelivery(
             spool=spool,
             store=store,
@@ -155,6 +163,8 @@ async def run_relay(
             is_local=local.is_local,
             clock=clock,
             success_notice=success_notices(cfg.relay.hostname, clock),
+            protection=smime,
+            directory=directory,
         )
         delivery.start()
         stack.push_async_callback(delivery.stop)
@@ -175,6 +185,7 @@ async def run_relay(
             hostname=cfg.relay.hostname,
             auth_failure_delay=cfg.auth.failure_delay,
             clock=clock,
+            smime=smime,
         )
         handler = RelayHandler(ctx)
         plain_ctx = server_context(cfg.tls, ask_client_certificate=False)
@@ -288,6 +299,8 @@ async def run_relay(
             AuditEvent.RELAY_STARTED,
             listeners={k: f"{h}:{p}" for k, (h, p) in running.addresses.items()},
             queued=len(spool.pending()),
+            # Whether messages are verified, sealed and encrypted ("off": none).
+            smime=cfg.smime.describe() if cfg.smime is not None else "off",
         )
         try:
             yield running

@@ -9,16 +9,22 @@ Rules:
   relay behaves the same whatever the working directory.
 - Secrets (key files, the LDAP bind password, the master key) are file paths,
   never inline values.
+- ``[smime]`` is optional: without it the relay neither verifies, seals nor
+  encrypts messages (``relay.started`` says so). Its per-peer tables
+  (``[smime.peers."<domain>"]``) override the defaults for one domain; a
+  leading dot matches every subdomain.
 """
 
 from __future__ import annotations
 
+import enum
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from directory.config import Backend, DirectoryConfig, LdapConfig
+from relay.policy import SignatureAction
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -135,6 +141,69 @@ class ImapSettings:
         )
 
 
+class EncryptionProfile(enum.StrEnum):
+    """Key transport offered to a domain's recipients (DESIGN §6)."""
+
+    MODERN = "modern"  # RSA-OAEP-SHA-256, AES-256-GCM
+    COMPAT = "compat"  # RSA PKCS#1 v1.5, AES-256-CBC (older peer software)
+
+
+class RevocationMode(enum.StrEnum):
+    """pyhanko-certvalidator's revocation modes."""
+
+    HARD_FAIL = "hard-fail"  # a certificate naming a CRL needs a current CRL
+    SOFT_FAIL = "soft-fail"  # missing revocation data is accepted
+    REQUIRE = "require"  # every certificate needs revocation data
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SmimePeer:
+    """What the relay does for one peer domain (or, as defaults, for all)."""
+
+    seal_unsigned: bool
+    encrypt: bool = True
+    profile: EncryptionProfile = EncryptionProfile.MODERN
+    invalid_signature: SignatureAction = SignatureAction.REFUSE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SmimeSettings:
+    """The ``[smime]`` table: end-to-end protection applied by the relay."""
+
+    trust_anchors_file: Path  # IGC-Santé roots and intermediates, PEM
+    crl_files: tuple[Path, ...] = ()  # DER or PEM CRLs, re-read when they change
+    revocation: RevocationMode = RevocationMode.HARD_FAIL
+    seal_cert_file: Path | None = None  # the operator's S/MIME certificate (+ chain)
+    seal_key_file: Path | None = field(default=None, repr=False)
+    defaults: SmimePeer
+    # (domain, settings); a domain starting with "." matches its subdomains.
+    peers: tuple[tuple[str, SmimePeer], ...] = ()
+
+    def for_address(self, address: str) -> SmimePeer:
+        """The settings for the domain of ``address`` (or a bare domain)."""
+        domain = address.rpartition("@")[2].lower()
+        best: tuple[int, SmimePeer] | None = None
+        for name, peer in self.peers:
+            if name == domain:
+                return peer
+            longer = best is None or len(name) > best[0]
+            if name.startswith(".") and domain.endswith(name) and longer:
+                best = (len(name), peer)
+        return best[1] if best is not None else self.defaults
+
+    def describe(self) -> dict[str, object]:
+        """What the ``relay.started`` audit record says about S/MIME."""
+        return {
+            "verify": True,
+            "invalid_signature": self.defaults.invalid_signature.value,
+            "seal_unsigned": self.defaults.seal_unsigned,
+            "encrypt": self.defaults.encrypt,
+            "profile": self.defaults.profile.value,
+            "revocation": self.revocation.value,
+            "peers": sorted(name for name, _ in self.peers),
+        }
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     relay: RelaySettings
@@ -143,6 +212,7 @@ class Config:
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     imap: ImapSettings = field(default_factory=ImapSettings.disabled)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    smime: SmimeSettings | None = None  # None: no verification, sealing, encryption
     source: Path | None = None  # the file it was read from
 
     @property
@@ -214,7 +284,7 @@ class _Table:
         p = Path(raw).expanduser()
         return p if p.is_absolute() else (self._base / p).resolve()
 
-    def choice(self, key: str, choices: type[Backend], default: Backend) -> Backend:
+    def choice(self, key: str, choices: type[_E], default: _E) -> _E:
         raw = self.text(key, default.value)
         try:
             return choices(raw)
@@ -223,6 +293,17 @@ class _Table:
             raise ConfigError(
                 f"{self._key(key)}: {raw!r} is not one of {allowed}"
             ) from None
+
+    def paths(self, key: str) -> tuple[Path, ...]:
+        return tuple(
+            p
+            if (p := Path(raw).expanduser()).is_absolute()
+            else (self._base / p).resolve()
+            for raw in self.texts(key, ())
+        )
+
+    def names(self) -> list[str]:
+        return list(self._data)
 
     def table(self, key: str, *, required: bool = False) -> _Table | None:
         self._used.add(key)
@@ -242,6 +323,7 @@ class _Table:
 
 
 _REQUIRED: Final[Any] = object()
+_E = TypeVar("_E", bound=enum.StrEnum)
 
 
 def _ldap(t: _Table) -> LdapConfig:
@@ -364,6 +446,67 @@ def _auth(t: _Table | None) -> AuthSettings:
     return settings
 
 
+def _smime_peer(t: _Table, defaults: SmimePeer) -> SmimePeer:
+    peer = SmimePeer(
+        seal_unsigned=t.flag("seal_unsigned", defaults.seal_unsigned),
+        encrypt=t.flag("encrypt", defaults.encrypt),
+        profile=t.choice("profile", EncryptionProfile, defaults.profile),
+        invalid_signature=t.choice(
+            "invalid_signature", SignatureAction, defaults.invalid_signature
+        ),
+    )
+    t.done()
+    return peer
+
+
+def _smime(t: _Table | None) -> SmimeSettings | None:
+    if t is None:
+        return None
+    seal_cert = t.optional_path("seal_cert_file")
+    seal_key = t.optional_path("seal_key_file")
+    if (seal_cert is None) != (seal_key is None):
+        missing = "seal_key_file" if seal_key is None else "seal_cert_file"
+        raise ConfigError(f"{t.name}.{missing}: missing (the seal needs both files)")
+    defaults = SmimePeer(
+        # Sealing is on by default once the operator's credential is configured.
+        seal_unsigned=t.flag("seal_unsigned", seal_cert is not None),
+        encrypt=t.flag("encrypt", True),
+        profile=t.choice("profile", EncryptionProfile, EncryptionProfile.MODERN),
+        invalid_signature=t.choice(
+            "invalid_signature", SignatureAction, SignatureAction.REFUSE
+        ),
+    )
+    peers: list[tuple[str, SmimePeer]] = []
+    peers_table = t.table("peers")
+    if peers_table is not None:
+        for domain in peers_table.names():
+            peer_table = peers_table.table(domain)
+            assert peer_table is not None  # noqa: S101 - the key exists
+            if not domain or "@" in domain or domain != domain.strip():
+                raise ConfigError(f"{peer_table.name}: not a mail domain")
+            peers.append((domain.lower(), _smime_peer(peer_table, defaults)))
+        peers_table.done()
+    settings = SmimeSettings(
+        trust_anchors_file=t.path("trust_anchors_file"),
+        crl_files=t.paths("crl_files"),
+        revocation=t.choice("revocation", RevocationMode, RevocationMode.HARD_FAIL),
+        seal_cert_file=seal_cert,
+        seal_key_file=seal_key,
+        defaults=defaults,
+        peers=tuple(peers),
+    )
+    sealing = [name for name, p in peers if p.seal_unsigned]
+    if seal_cert is None and (defaults.seal_unsigned or sealing):
+        where = (
+            f"{t.name}.seal_unsigned"
+            if defaults.seal_unsigned
+            else f'{t.name}.peers."{sealing[0]}".seal_unsigned'
+        )
+        raise ConfigError(f"{where}: sealing needs seal_cert_file and seal_key_file")
+    t.done()
+    return settings
+
+
 def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Config:
     """Build a :class:`Config` from parsed TOML; paths relative to ``base``."""
     root = _Table("", data, base)
@@ -375,6 +518,7 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
     smtp = _smtp(root.table("smtp"))
     imap = _imap(root.table("imap"))
     auth = _auth(root.table("auth"))
+    smime = _smime(root.table("smime"))
     root.done()
     return Config(
         relay=relay,
@@ -383,6 +527,7 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
         smtp=smtp,
         imap=imap,
         auth=auth,
+        smime=smime,
         source=source,
     )
 

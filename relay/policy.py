@@ -36,6 +36,12 @@ Rules, in the order the SMTP transaction meets them:
 - **Header From (DATA).** Every ``From:`` address must be one the account may
   send as; when the account is not the owner, ``Sender:`` names the account
   (the relay adds it when missing and refuses another value).
+- **S/MIME signature (DATA).** A signed message whose signature verifies is
+  accepted. One that does not is refused (``550 5.7.7`` for an altered
+  message, ``550 5.7.5`` for a signer the relay cannot trust), or accepted
+  with a warning when the operator configured ``invalid_signature = "warn"``
+  for the sender's domain. A revocation status the relay cannot determine is
+  never an accept and never a final refusal: ``451 4.7.5``, try again later.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from directory.model import (
     ProxyScope,
     Status,
 )
+from mssante.crypto.certs import Reason
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -129,6 +136,22 @@ R550_SENDER_HEADER_MISMATCH: Final = Reply(
     550, "5.7.1", "Sender header must name the authenticated account"
 )
 R554_RELAY_DENIED: Final = Reply(554, "5.7.1", "Relay access denied")
+# RFC 3463 §3.8 X.7.7 "Message integrity failure": the signature does not
+# match the content (the message was altered, or signed wrongly).
+R550_SIGNATURE_INVALID: Final = Reply(
+    550, "5.7.7", "S/MIME signature does not match the message"
+)
+# RFC 3463 §3.8 X.7.5 "Cryptographic failure": the key information needed to
+# validate the message is invalid (untrusted, expired, revoked, wrong usage,
+# not the sender's certificate, unreadable signature).
+R550_SIGNER_NOT_TRUSTED: Final = Reply(
+    550, "5.7.5", "S/MIME signer certificate is not valid for this sender"
+)
+# RFC 3463 §3.8 X.7.5, transient: the information (a current CRL) is not
+# available now; the sender's server retries (fail closed, never an accept).
+R451_SIGNATURE_UNCHECKED: Final = Reply(
+    451, "4.7.5", "Cannot check the S/MIME signature now, try again later"
+)
 
 # A pharmacy that dispensed to the patient in the past year may be written to
 # first (MSSanté patient messaging rules).
@@ -502,6 +525,42 @@ def check_from_header(
     return HeaderDecision(
         Decision(R250_MESSAGE_OK, "From delegated; Sender names account")
     )
+
+
+class SignatureAction(enum.StrEnum):
+    """The operator's choice for a signature that does not verify."""
+
+    REFUSE = "refuse"
+    WARN = "warn"
+
+
+def check_signature(reason: Reason | None, action: SignatureAction) -> Decision:
+    """DATA: the S/MIME verification result of a signed message.
+
+    Args:
+        reason: the verification outcome; ``None`` when the relay could not
+            run the check at all (a crypto failure).
+        action: ``refuse`` or ``warn`` for the sender's domain.
+
+    Returns:
+        An accepting decision (the message carries the result in its trace
+        header) or the refusal. ``REVOCATION_UNKNOWN`` and ``None`` are
+        temporary whatever ``action`` says: a signature that may be revoked is
+        neither accepted nor finally refused.
+    """
+    if reason is Reason.VALID:
+        return Decision(R250_MESSAGE_OK, "signature verified")
+    if reason is None:
+        return Decision(R451_SIGNATURE_UNCHECKED, "signature check failed")
+    if reason is Reason.REVOCATION_UNKNOWN:
+        return Decision(R451_SIGNATURE_UNCHECKED, f"signature {reason.value}")
+    if action is SignatureAction.WARN:
+        return Decision(
+            R250_MESSAGE_OK, f"signature {reason.value}; delivered with warning"
+        )
+    if reason is Reason.BAD_SIGNATURE:
+        return Decision(R550_SIGNATURE_INVALID, f"signature {reason.value}")
+    return Decision(R550_SIGNER_NOT_TRUSTED, f"signature {reason.value}")
 
 
 def closes_thread(subject: str | None, mss_mes: str | None) -> bool:

@@ -14,6 +14,12 @@ What must stay true:
   ``250`` and delivery loses nothing).
 - A store failure leaves the file in the spool; it is retried with a backoff
   (``retry_delays``), never dropped.
+- With end-to-end protection configured (``[smime]``, :mod:`relay.smime`),
+  each copy is sealed and encrypted for its mailbox before it is stored. The
+  directory entries that decides it are looked up on the event loop before
+  the blocking work goes to a delivery thread; a lookup that fails retries
+  the delivery later, so no copy is stored unencrypted for a mailbox that
+  has a certificate.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import concurrent.futures
 import logging
 from typing import TYPE_CHECKING, Final
 
+from directory.errors import DirectoryError
 from relay.audit import AuditEvent
 from relay.queue.spool import SpoolError
 from relay.store import StoreError
@@ -31,8 +38,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from datetime import datetime
 
+    from directory.protocol import Directory
     from relay.audit import AuditTrail
     from relay.queue.spool import Envelope, Spool
+    from relay.smime import Copies, RelaySmime
     from relay.store import MailStore
 
 log = logging.getLogger("mssante.relay.delivery")
@@ -64,7 +73,11 @@ class LocalDelivery:
         | None = None,
         workers: int = DEFAULT_WORKERS,
         retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS,
+        protection: RelaySmime | None = None,
+        directory: Directory | None = None,
     ) -> None:
+        if protection is not None and directory is None:
+            raise ValueError("protection needs the directory")
         self._spool = spool
         self._store = store
         self._audit = audit
@@ -73,6 +86,8 @@ class LocalDelivery:
         self._success_notice = success_notice
         self._workers = workers
         self._retry_delays = retry_delays
+        self._protection = protection
+        self._directory = directory
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._retries: dict[str, int] = {}
@@ -116,8 +131,13 @@ class LocalDelivery:
         while True:
             queue_id = await self._queue.get()
             try:
-                loop = asyncio.get_running_loop()
-                done = await loop.run_in_executor(self._pool, self.deliver, queue_id)
+                if self._protection is None:
+                    loop = asyncio.get_running_loop()
+                    done = await loop.run_in_executor(
+                        self._pool, self.deliver, queue_id
+                    )
+                else:
+                    done = await self._deliver_protected(queue_id, self._protection)
             finally:
                 self._queued.discard(queue_id)
                 self._queue.task_done()
@@ -130,17 +150,63 @@ class LocalDelivery:
         delay = self._retry_delays[min(attempt, len(self._retry_delays) - 1)]
         asyncio.get_running_loop().call_later(delay, self.submit, queue_id)
 
-    def deliver(self, queue_id: str) -> bool:
-        """Deliver one spooled message (blocking). False: retry later."""
+    async def _deliver_protected(self, queue_id: str, protection: RelaySmime) -> bool:
+        # Read in a thread, look the mailboxes up here (the directory is
+        # async), then seal, encrypt and store in a thread.
+        loop = asyncio.get_running_loop()
+        read = await loop.run_in_executor(self._pool, self._read, queue_id)
+        if read is None:
+            return False
+        envelope, message = read
+        local_author = self._local_author(envelope)
+        addresses = [r.address for r in envelope.recipients]
+        if local_author:
+            addresses.append(envelope.sender)
+        assert self._directory is not None  # noqa: S101 - checked in __init__
         try:
-            envelope, message = self._spool.read(queue_id)
+            keys = await protection.keys_for(self._directory, addresses)
+        except DirectoryError as exc:
+            self._audit.emit(
+                AuditEvent.DIRECTORY_LOOKUP_FAILED,
+                cid=envelope.cid,
+                queue_id=queue_id,
+                reason=type(exc).__name__,
+            )
+            return False
+        copies = protection.copies(
+            envelope, message, keys, local_author=local_author, at=self._clock()
+        )
+        return await loop.run_in_executor(
+            self._pool, self._deliver, queue_id, envelope, message, copies
+        )
+
+    def _read(self, queue_id: str) -> tuple[Envelope, bytes] | None:
+        try:
+            return self._spool.read(queue_id)
         except SpoolError:
             log.exception("spool file %s unreadable; left in place", queue_id)
+            return None
+
+    def _local_author(self, envelope: Envelope) -> bool:
+        return envelope.channel == "submission" and self._is_local(envelope.sender)
+
+    def deliver(self, queue_id: str) -> bool:
+        """Deliver one spooled message (blocking), as it is. False: retry later."""
+        read = self._read(queue_id)
+        if read is None:
             return False
+        return self._deliver(queue_id, *read, None)
+
+    def _deliver(
+        self, queue_id: str, envelope: Envelope, message: bytes, copies: Copies | None
+    ) -> bool:
         delivered: list[str] = []
         try:
             for recipient in envelope.recipients:
-                copy = _with_return_path(envelope.sender, message)
+                content = (
+                    message if copies is None else copies.for_mailbox(recipient.address)
+                )
+                copy = _with_return_path(envelope.sender, content)
                 self._store_copy(
                     recipient.address, copy, f"{queue_id}:{recipient.address}", envelope
                 )
@@ -153,10 +219,10 @@ class LocalDelivery:
                     queue_id=queue_id,
                     message_ref=envelope.message_ref,
                 )
-            if envelope.channel == "submission" and self._is_local(envelope.sender):
+            if self._local_author(envelope):
                 self._store_copy(
                     envelope.sender,
-                    message,
+                    message if copies is None else copies.for_mailbox(envelope.sender),
                     f"{queue_id}:sent",
                     envelope,
                     folder=SENT_FOLDER,

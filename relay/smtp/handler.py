@@ -7,7 +7,13 @@ returns the reply. No rule lives here.
 
 Failure handling (fail closed): a directory that cannot answer gives
 ``451 4.4.3``, a spool or thread store that cannot write gives
-``451 4.3.0``; never an accept.
+``451 4.3.0``, an S/MIME signature that cannot be checked gives
+``451 4.7.5``; never an accept.
+
+With ``[smime]`` configured, DATA verifies a signed message
+(:mod:`relay.smime`, in a thread) and writes the result in the
+``X-MSSante-Signature`` trace field; that field is always removed from what
+a client sends, so only the relay's own reaches a mailbox.
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ from aiosmtpd.smtp import MISSING, AuthResult
 
 from directory.errors import DirectoryError, InvalidFieldError
 from directory.model import Mailbox, Patient
+from mssante.crypto import CryptoError
 from relay import policy
 from relay.accounts import Account, ThrottleVerdict
 from relay.audit import AuditEvent
 from relay.queue.spool import Envelope, Recipient, SpoolError
+from relay.smime import SIGNATURE_HEADER, may_be_smime_signed, strip_field
 from relay.smtp.server import RcptDsn, RelayEnvelope, RelaySMTP
 from relay.tls import describe, peer_certificate
 
@@ -45,6 +53,7 @@ if TYPE_CHECKING:
     from relay.audit import AuditTrail
     from relay.queue.deliver import LocalDelivery
     from relay.queue.spool import Spool
+    from relay.smime import RelaySmime
     from relay.threads import ThreadStore
 
 R421_LOCKED: Final = "454 4.7.0 Too many authentication failures, try again later"
@@ -71,6 +80,7 @@ class HandlerContext:
     hostname: str
     auth_failure_delay: float
     clock: Callable[[], datetime]
+    smime: RelaySmime | None = None  # None: no [smime] table
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,6 +436,11 @@ class RelayHandler:
         # Only the header section: the body can be megabytes (RFC 5322 §2.1).
         head_end = data.find(b"\r\n\r\n")
         head = data if head_end < 0 else data[: head_end + 4]
+        # Only the relay writes its signature trace field.
+        stripped = strip_field(head, SIGNATURE_HEADER)
+        if stripped is not head:
+            data = stripped + data[len(head) :]
+            head = stripped
         headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
         sender = envelope.sender_facts
         assert sender is not None  # noqa: S101
@@ -466,8 +481,18 @@ class RelayHandler:
             )
             if refused is not None:
                 return self._refuse_message(server, envelope, refused)
+        trace: list[str] = []
+        if self._ctx.smime is not None and may_be_smime_signed(headers):
+            signature = await self._check_signature(
+                server, envelope, self._ctx.smime, headers, data, message_id, now
+            )
+            if isinstance(signature, policy.Decision):
+                return self._refuse_message(server, envelope, signature)
+            trace = [signature] if signature else []
         received = self._received_header(server, session, now)
-        stored = "\r\n".join([received, *added]).encode("utf-8") + b"\r\n" + data
+        stored = (
+            "\r\n".join([*trace, received, *added]).encode("utf-8") + b"\r\n" + data
+        )
         spooled = Envelope(
             sender=sender.address,
             recipients=tuple(
@@ -516,6 +541,59 @@ class RelayHandler:
         )
         self._ctx.delivery.submit(spooled.queue_id)
         return f"250 2.0.0 Ok: queued as {spooled.queue_id}"
+
+    async def _check_signature(
+        self,
+        server: RelaySMTP,
+        envelope: RelayEnvelope,
+        smime: RelaySmime,
+        headers: Message,
+        data: bytes,
+        message_id: str,
+        now: datetime,
+    ) -> policy.Decision | str:
+        """Verify the S/MIME signature; a refusal, or the trace field to add."""
+        sender = envelope.sender_facts
+        assert sender is not None  # noqa: S101
+        froms = _addresses(headers, "From")
+        # RFC 8550 §3: the signer speaks for the From or Sender address.
+        addresses = [sender.address, *froms, *_addresses(headers, "Sender")]
+        try:
+            verification = await asyncio.to_thread(
+                smime.verify,
+                data,
+                addresses=addresses,
+                sender_entry=sender.entry,
+                at=now,
+            )
+        except CryptoError as exc:
+            verification = None
+            log_reason = f"check failed: {type(exc).__name__}"
+            decision = policy.check_signature(None, policy.SignatureAction.REFUSE)
+        else:
+            if verification is None:
+                return ""  # an S/MIME envelope: nothing the relay can verify
+            log_reason = verification.reason.value
+            peer = smime.settings.for_address(sender.address or next(iter(froms), ""))
+            decision = policy.check_signature(
+                verification.reason, peer.invalid_signature
+            )
+        signer = smime.signer_address(verification, addresses)
+        self._ctx.audit.emit(
+            AuditEvent.SMIME_VERIFICATION_SUCCEEDED
+            if log_reason == "valid"
+            else AuditEvent.SMIME_VERIFICATION_FAILED,
+            cid=server.cid,
+            channel=server.channel,
+            sender=sender.address,
+            signer=signer,
+            reason=log_reason,
+            code=decision.reply.status,
+            message_ref=self._ctx.audit.message_ref(message_id) if message_id else "",
+        )
+        if not decision.accepted:
+            return decision
+        return smime.trace_header(verification, signer, now)
 
     async def _check_patient_threads(
         self,

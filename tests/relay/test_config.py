@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from directory.config import Backend
-from relay.config import ConfigError, load
+from relay.config import (
+    ConfigError,
+    EncryptionProfile,
+    RevocationMode,
+    SmimePeer,
+    load,
+)
+from relay.policy import SignatureAction
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -83,3 +91,118 @@ def test_invalid_config_names_the_key(tmp_path: Path, text: str, message: str) -
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such config file"):
         load(tmp_path / "absent.toml")
+
+
+# -- [smime] ---------------------------------------------------------------------
+
+RELAY = '[relay]\ndata_dir = "d"\ndomain = "x.example"\n'
+SMIME = '[smime]\ntrust_anchors_file = "ca.pem"\n'
+
+
+def test_smime_is_off_without_its_table(tmp_path: Path) -> None:
+    assert load(write(tmp_path, RELAY)).smime is None
+
+
+def test_smime_defaults_verify_refuse_and_encrypt_without_sealing(
+    tmp_path: Path,
+) -> None:
+    smime = load(write(tmp_path, RELAY + SMIME)).smime
+    assert smime is not None
+    assert smime.trust_anchors_file == tmp_path / "ca.pem"
+    assert smime.defaults == SmimePeer(seal_unsigned=False)
+    assert smime.defaults.invalid_signature is SignatureAction.REFUSE
+    assert smime.defaults.encrypt
+    assert smime.revocation is RevocationMode.HARD_FAIL
+
+
+def test_smime_seals_by_default_once_the_operator_credential_is_set(
+    tmp_path: Path,
+) -> None:
+    text = (
+        RELAY + SMIME + 'seal_cert_file = "seal.pem"\nseal_key_file = "seal.key"\n'
+        'crl_files = ["a.crl", "/etc/b.crl"]\n'
+    )
+    smime = load(write(tmp_path, text)).smime
+    assert smime is not None
+    assert smime.defaults.seal_unsigned
+    assert smime.crl_files == (tmp_path / "a.crl", Path("/etc/b.crl"))
+    assert "seal_key_file" not in repr(smime)
+
+
+def test_smime_peer_overrides_apply_to_their_domain_and_subdomains(
+    tmp_path: Path,
+) -> None:
+    text = (
+        RELAY + SMIME + 'seal_cert_file = "s.pem"\nseal_key_file = "s.key"\n'
+        'invalid_signature = "warn"\n'
+        '[smime.peers."hopital-b.example"]\nseal_unsigned = false\nencrypt = false\n'
+        '[smime.peers.".old.example"]\nprofile = "compat"\n'
+        '[smime.peers."a.old.example"]\ninvalid_signature = "refuse"\n'
+    )
+    smime = load(write(tmp_path, text)).smime
+    assert smime is not None
+    b = smime.for_address("dr@Hopital-B.example")
+    assert (b.seal_unsigned, b.encrypt) == (False, False)
+    assert b.invalid_signature is SignatureAction.WARN  # inherited
+    sub = smime.for_address("x@b.old.example")
+    assert sub.profile is EncryptionProfile.COMPAT
+    assert sub.seal_unsigned
+    exact = smime.for_address("x@a.old.example")
+    assert exact.invalid_signature is SignatureAction.REFUSE
+    assert exact.profile is EncryptionProfile.MODERN  # exact match wins
+    assert smime.for_address("x@elsewhere.example") == smime.defaults
+    assert smime.describe()["peers"] == [
+        ".old.example",
+        "a.old.example",
+        "hopital-b.example",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[smime]\n", "smime.trust_anchors_file: missing"),
+        (
+            SMIME + 'invalid_signature = "drop"\n',
+            "smime.invalid_signature: 'drop' is not one of refuse, warn",
+        ),
+        (
+            SMIME + 'profile = "legacy"\n',
+            "smime.profile: 'legacy' is not one of modern, compat",
+        ),
+        (SMIME + 'revocation = "none"\n', "smime.revocation: 'none' is not one of"),
+        (SMIME + "encrypt = 1\n", "smime.encrypt: expected bool"),
+        (SMIME + 'crl_files = "a.crl"\n', "smime.crl_files: expected list"),
+        (
+            SMIME + "seal_unsigned = true\n",
+            "smime.seal_unsigned: sealing needs seal_cert_file",
+        ),
+        (SMIME + 'seal_cert_file = "s.pem"\n', "smime.seal_key_file: missing"),
+        (SMIME + 'verify = "no"\n', "smime.verify: unknown key"),
+        (
+            SMIME + '[smime.peers."b.example"]\nseal_unsigned = true\n',
+            'smime.peers."b.example".seal_unsigned: sealing needs',
+        ),
+        (
+            SMIME + '[smime.peers."b.example"]\nencrypt = "no"\n',
+            "smime.peers.b.example.encrypt: expected bool",
+        ),
+        (
+            SMIME + '[smime.peers."b.example"]\ncolour = 1\n',
+            "smime.peers.b.example.colour: unknown key",
+        ),
+        (
+            SMIME + '[smime.peers]\n"b.example" = 1\n',
+            "smime.peers.b.example: expected a table",
+        ),
+        (
+            SMIME + '[smime.peers."a@b.example"]\n',
+            "smime.peers.a@b.example: not a mail domain",
+        ),
+    ],
+)
+def test_invalid_smime_config_names_the_key(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(write(tmp_path, RELAY + text))

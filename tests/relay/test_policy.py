@@ -15,6 +15,7 @@ from directory.model import (
     ProxyScope,
     Status,
 )
+from mssante.crypto import Reason
 from relay import policy
 from relay.policy import (
     AccountFacts,
@@ -503,3 +504,57 @@ def test_fin_closes_a_thread(
     subject: str | None, mes: str | None, closes: bool
 ) -> None:
     assert policy.closes_thread(subject, mes) is closes
+
+
+# -- S/MIME signature at DATA --------------------------------------------------
+
+
+def test_verified_signature_is_accepted() -> None:
+    decision = policy.check_signature(Reason.VALID, policy.SignatureAction.REFUSE)
+    assert decision.accepted
+    assert decision.reason == "signature verified"
+
+
+def test_altered_message_is_refused_as_an_integrity_failure() -> None:
+    decision = policy.check_signature(
+        Reason.BAD_SIGNATURE, policy.SignatureAction.REFUSE
+    )
+    assert decision.reply == policy.R550_SIGNATURE_INVALID
+    assert str(decision.reply).startswith("550 5.7.7 ")
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        Reason.UNTRUSTED,
+        Reason.EXPIRED,
+        Reason.REVOKED,
+        Reason.WRONG_USAGE,
+        Reason.ADDRESS_MISMATCH,
+        Reason.MALFORMED,
+    ],
+)
+def test_signer_that_cannot_be_trusted_is_refused_as_a_cryptographic_failure(
+    reason: Reason,
+) -> None:
+    decision = policy.check_signature(reason, policy.SignatureAction.REFUSE)
+    assert decision.reply == policy.R550_SIGNER_NOT_TRUSTED
+    assert decision.reply.status == "5.7.5"
+    assert reason.value in decision.reason
+
+
+@pytest.mark.parametrize("reason", [Reason.BAD_SIGNATURE, Reason.REVOKED])
+def test_warn_mode_accepts_an_invalid_signature(reason: Reason) -> None:
+    decision = policy.check_signature(reason, policy.SignatureAction.WARN)
+    assert decision.accepted
+    assert "warning" in decision.reason
+
+
+@pytest.mark.parametrize("action", list(policy.SignatureAction))
+@pytest.mark.parametrize("reason", [Reason.REVOCATION_UNKNOWN, None])
+def test_unknown_revocation_or_failed_check_is_temporary_whatever_the_mode(
+    reason: Reason | None, action: policy.SignatureAction
+) -> None:
+    decision = policy.check_signature(reason, action)
+    assert decision.reply == policy.R451_SIGNATURE_UNCHECKED
+    assert str(decision.reply).startswith("451 4.7.5 ")
