@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import signal
 import smtplib
 import ssl
-import subprocess
-import sys
-import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -18,6 +16,7 @@ from cli.main import EXIT_INVALID, EXIT_OK, EXIT_REFUSED, main
 from relay.accounts import AccountStore
 from relay.config import load
 from tests.directory import samples
+from tests.support import serve
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -176,39 +175,9 @@ def test_audit_show_by_mailbox_and_patient(config: Path, tmp_path: Path) -> None
     assert run(config, "audit", "show", "--patient", "123")[0] == EXIT_INVALID
 
 
-def _serve_config(tmp_path: Path, tls: Path) -> Path:
-    path = tmp_path / "serve.toml"
-    path.write_text(
-        f"""
-[relay]
-data_dir = "{tmp_path / "data"}"
-domain = "mssante.example"
-local_domains = ["mssante.example", "patient.mssante.example", "medecin.mssante.fr", "ch-paris-1.mssante.fr"]
-[tls]
-cert_file = "{tls / "server.pem"}"
-key_file = "{tls / "server.key"}"
-trust_anchors_file = "{tls / "ca.pem"}"
-[smtp.submission]
-port = 0
-[smtp.submissions]
-enabled = false
-[smtp.mx]
-enabled = false
-[auth]
-argon2_time_cost = 1
-argon2_memory_kib = 1024
-argon2_parallelism = 1
-""",
-        encoding="utf-8",
-    )
-    return path
-
-
 async def test_serve_stops_gracefully_on_sigterm_after_delivering(
     tmp_path: Path, tls_files: TlsFiles
 ) -> None:
-    import re
-
     from tests.relay.test_smtp import message
     from tests.support.relay_fixtures import (
         DOCTOR,
@@ -219,29 +188,11 @@ async def test_serve_stops_gracefully_on_sigterm_after_delivering(
         PASSWORD as RELAY_PASSWORD,
     )
 
-    path = _serve_config(tmp_path, tls_files.directory)
+    path = serve.write_config(tmp_path, tls_files.directory)
     cfg = load(path)
     await seed_data_dir(cfg, tls_files)
-    proc = subprocess.Popen(  # noqa: ASYNC220 - the relay under test, in its own process
-        [
-            sys.executable,
-            "-c",
-            "from cli.main import entry_point; entry_point()",
-            "--config",
-            str(path),
-            "serve",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc, port = await asyncio.to_thread(serve.start, path)
     assert proc.stdout is not None
-    port = 0
-    deadline = time.monotonic() + 30
-    while not port and time.monotonic() < deadline:
-        found = re.search(r"127\.0\.0\.1:(\d+)", proc.stdout.readline())
-        port = int(found.group(1)) if found else 0
-    assert port
     ctx = ssl.create_default_context(cafile=str(tls_files.directory / "ca.pem"))
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
         c.starttls(context=ctx)

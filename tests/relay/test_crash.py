@@ -15,8 +15,6 @@ import contextlib
 import re
 import signal
 import smtplib
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -25,6 +23,7 @@ from typing import TYPE_CHECKING
 from relay.app import run_relay
 from relay.config import load
 from tests.relay.test_smtp import message
+from tests.support import serve
 from tests.support.relay_fixtures import (
     DOCTOR,
     PASSWORD,
@@ -39,65 +38,6 @@ if TYPE_CHECKING:
 CLIENTS = 4
 KILL_AFTER_ACKS = 40
 TOKEN = re.compile(rb"crash-token-(\d+-\d+)")
-
-
-def _config_file(tmp_path: Path, tls: Path) -> Path:
-    path = tmp_path / "relay.toml"
-    path.write_text(
-        f"""
-[relay]
-data_dir = "{tmp_path / "data"}"
-domain = "mssante.example"
-local_domains = ["mssante.example", "patient.mssante.example", "medecin.mssante.fr", "ch-paris-1.mssante.fr"]
-
-[tls]
-cert_file = "{tls / "server.pem"}"
-key_file = "{tls / "server.key"}"
-trust_anchors_file = "{tls / "ca.pem"}"
-
-[smtp.submission]
-port = 0
-[smtp.submissions]
-port = 0
-[smtp.mx]
-enabled = false
-
-[auth]
-failure_delay = 0.0
-argon2_time_cost = 1
-argon2_memory_kib = 1024
-argon2_parallelism = 1
-""",
-        encoding="utf-8",
-    )
-    return path
-
-
-def _start(config: Path) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from cli.main import entry_point; entry_point()",
-            "--config",
-            str(config),
-            "serve",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        found = re.search(r"SMTP submission \(STARTTLS\)\s+127\.0\.0\.1:(\d+)", line)
-        if found:
-            return proc, int(found.group(1))
-    proc.kill()
-    raise AssertionError("relay did not start: " + (proc.stdout.read() or ""))
 
 
 def _load(
@@ -131,10 +71,10 @@ def _load(
 async def test_sigkill_under_load_loses_nothing_and_duplicates_nothing(
     tmp_path: Path, tls_files: TlsFiles
 ) -> None:
-    config_path = _config_file(tmp_path, tls_files.directory)
+    config_path = serve.write_config(tmp_path, tls_files.directory)
     cfg = load(config_path)
     await seed_data_dir(cfg, tls_files)
-    proc, port = _start(config_path)
+    proc, port = await asyncio.to_thread(serve.start, config_path)
     acked: list[str] = []
     stop = threading.Event()
     workers = [

@@ -2,55 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import socket
 from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.support.relay_fixtures import DOCTOR, PASSWORD, URGENCES
+from tests.support import smtp_wire
+from tests.support.relay_fixtures import DOCTOR, URGENCES
 
 if TYPE_CHECKING:
     from tests.support.relay_fixtures import Harness
 
 HEAD = f"From: {DOCTOR.address}\r\nTo: {URGENCES.address}\r\nMessage-ID: <d@x>\r\n\r\n".encode()
-
-
-def _raw(h: Harness, after_data: bytes, *, chunks: int = 1) -> list[bytes]:
-    """Replies to a pipelined session that sends ``after_data`` after DATA's 354."""
-    host, port = h.address("submissions")
-    raw = socket.create_connection((host, port), timeout=10)
-    with h.client_context().wrap_socket(raw, server_hostname=host) as tls:
-        reader = tls.makefile("rb")
-
-        def reply() -> bytes:
-            lines = []
-            while True:
-                line = reader.readline()
-                lines.append(line)
-                if len(line) < 4 or line[3:4] != b"-":
-                    return b"".join(lines)
-
-        replies = [reply()]
-        auth = base64.b64encode(f"\0{DOCTOR.address}\0{PASSWORD}".encode())
-        for command in (
-            b"EHLO c",
-            b"AUTH PLAIN " + auth,
-            f"MAIL FROM:<{DOCTOR.address}>".encode(),
-            f"RCPT TO:<{URGENCES.address}>".encode(),
-            b"DATA",
-        ):
-            tls.sendall(command + b"\r\n")
-            replies.append(reply())
-        step = max(1, len(after_data) // chunks)
-        for i in range(0, len(after_data), step):
-            tls.sendall(after_data[i : i + step])
-        while True:
-            got = reply()
-            replies.append(got)
-            if got.startswith(b"221") or not got:
-                break
-    return replies[6:]
 
 
 @pytest.mark.parametrize("chunks", [1, 3, 50])
@@ -59,7 +21,7 @@ async def test_dot_stuffing_is_undone_and_pipelined_commands_survive(
 ) -> None:
     body = HEAD + b"..leading dot\r\n...two dots\r\nend.\r\n.x\r\n"
     wire = body + b".\r\nNOOP\r\nQUIT\r\n"
-    replies = await relay.run(lambda: _raw(relay, wire, chunks=chunks))
+    replies = await relay.run(lambda: smtp_wire.transaction(relay, wire, chunks=chunks))
     assert replies[0].startswith(b"250 2.0.0 Ok: queued as")
     assert replies[1].startswith(b"250")  # NOOP, read after the end of data
     assert replies[2].startswith(b"221")
@@ -69,7 +31,7 @@ async def test_dot_stuffing_is_undone_and_pipelined_commands_survive(
 
 
 async def test_empty_message_is_read_as_empty(relay: Harness) -> None:
-    replies = await relay.run(lambda: _raw(relay, b".\r\nQUIT\r\n"))
+    replies = await relay.run(lambda: smtp_wire.transaction(relay, b".\r\nQUIT\r\n"))
     # No From header: refused by the policy, but the framing was right.
     assert replies[0].startswith(b"554 5.6.0")
     assert replies[1].startswith(b"221")
@@ -77,7 +39,7 @@ async def test_empty_message_is_read_as_empty(relay: Harness) -> None:
 
 async def test_oversized_data_is_read_to_its_end_and_refused(relay: Harness) -> None:
     big = HEAD + (b"A" * 76 + b"\r\n") * 4000 + b".\r\nNOOP\r\nQUIT\r\n"
-    replies = await relay.run(lambda: _raw(relay, big, chunks=7))
+    replies = await relay.run(lambda: smtp_wire.transaction(relay, big, chunks=7))
     assert replies[0].startswith(b"552 5.3.4")
     assert replies[1].startswith(b"250")
     await relay.delivered()
@@ -86,5 +48,5 @@ async def test_oversized_data_is_read_to_its_end_and_refused(relay: Harness) -> 
 
 async def test_long_lines_are_accepted(relay: Harness) -> None:
     body = HEAD + b"x" * 5000 + b"\r\n.\r\nQUIT\r\n"
-    replies = await relay.run(lambda: _raw(relay, body))
+    replies = await relay.run(lambda: smtp_wire.transaction(relay, body))
     assert replies[0].startswith(b"250 2.0.0")

@@ -11,14 +11,13 @@ never delivered, not even as part of the first.
 
 from __future__ import annotations
 
-import socket
 from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.support import smtp_wire
 from tests.support.relay_fixtures import (
     DOCTOR,
-    PASSWORD,
     PATIENT,
     URGENCES,
     patient_address,
@@ -28,42 +27,6 @@ if TYPE_CHECKING:
     from tests.support.relay_fixtures import Harness
 
 SMUGGLED_TO = patient_address(PATIENT)
-
-
-def _session(h: Harness, payload: bytes) -> bytes:
-    """Log in and send ``payload`` after DATA; return everything the server said."""
-    import base64
-
-    host, port = h.address("submissions")
-    ctx = h.client_context()
-    raw = socket.create_connection((host, port), timeout=10)
-    with ctx.wrap_socket(raw, server_hostname=host) as tls:
-        reader = tls.makefile("rb")
-
-        def reply() -> bytes:
-            lines = []
-            while True:
-                line = reader.readline()
-                lines.append(line)
-                if len(line) < 4 or line[3:4] != b"-":
-                    return b"".join(lines)
-
-        out = [reply()]
-        auth = base64.b64encode(f"\0{DOCTOR.address}\0{PASSWORD}".encode())
-        for command in (
-            b"EHLO client",
-            b"AUTH PLAIN " + auth,
-            f"MAIL FROM:<{DOCTOR.address}>".encode(),
-            f"RCPT TO:<{URGENCES.address}>".encode(),
-            b"DATA",
-        ):
-            tls.sendall(command + b"\r\n")
-            out.append(reply())
-        tls.sendall(payload)
-        out.append(reply())
-        tls.sendall(b"QUIT\r\n")
-        out.append(reply())
-    return b"".join(out)
 
 
 def _payload(end: bytes) -> bytes:
@@ -82,7 +45,11 @@ def _payload(end: bytes) -> bytes:
 async def test_smuggled_message_is_refused_and_nothing_delivered(
     relay: Harness, end: bytes
 ) -> None:
-    transcript = await relay.run(lambda: _session(relay, _payload(end)))
+    transcript = b"".join(
+        await relay.run(
+            lambda: smtp_wire.transaction(relay, _payload(end) + b"QUIT\r\n")
+        )
+    )
     assert b"554 5.5.2 Bare CR or LF" in transcript
     await relay.delivered()
     assert relay.running.store.mailboxes() == []
@@ -92,5 +59,7 @@ async def test_plain_crlf_message_still_accepted(relay: Harness) -> None:
     payload = (
         f"From: {DOCTOR.address}\r\nTo: {URGENCES.address}\r\n\r\nok\r\n.\r\n".encode()
     )
-    transcript = await relay.run(lambda: _session(relay, payload))
+    transcript = b"".join(
+        await relay.run(lambda: smtp_wire.transaction(relay, payload + b"QUIT\r\n"))
+    )
     assert b"250 2.0.0 Ok: queued as" in transcript

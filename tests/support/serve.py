@@ -1,0 +1,80 @@
+"""The relay as a separate process (``mssante serve``), for crash and signal tests.
+
+``write_config`` writes a TOML config for a data directory and the session's
+TLS files, with the submission port ephemeral and the other listeners off;
+``start`` launches ``mssante serve`` on it and returns the process and the
+bound submission port, read from what the command prints.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+_SUBMISSION = re.compile(r"SMTP submission \(STARTTLS\)\s+127\.0\.0\.1:(\d+)")
+
+
+def write_config(tmp_path: Path, tls: Path) -> Path:
+    path = tmp_path / "serve.toml"
+    path.write_text(
+        f"""
+[relay]
+data_dir = "{tmp_path / "data"}"
+domain = "mssante.example"
+local_domains = ["mssante.example", "patient.mssante.example", "medecin.mssante.fr", "ch-paris-1.mssante.fr"]
+
+[tls]
+cert_file = "{tls / "server.pem"}"
+key_file = "{tls / "server.key"}"
+trust_anchors_file = "{tls / "ca.pem"}"
+
+[smtp.submission]
+port = 0
+[smtp.submissions]
+enabled = false
+[smtp.mx]
+enabled = false
+
+[auth]
+failure_delay = 0.0
+argon2_time_cost = 1
+argon2_memory_kib = 1024
+argon2_parallelism = 1
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def start(config: Path, timeout: float = 30) -> tuple[subprocess.Popen[str], int]:
+    """``mssante serve --config config``; the process and its submission port."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from cli.main import entry_point; entry_point()",
+            "--config",
+            str(config),
+            "serve",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        found = _SUBMISSION.search(line)
+        if found:
+            return proc, int(found.group(1))
+    proc.kill()
+    raise AssertionError("relay did not start: " + (proc.stdout.read() or ""))
