@@ -10,7 +10,6 @@ import pytest
 
 from mssante import (
     AuthenticationError,
-    Client,
     Document,
     MessageTooLargeError,
     RecipientsRefusedError,
@@ -21,6 +20,7 @@ from mssante import (
     parse_message,
 )
 from mssante.message import NotAPdfError
+from tests.client.helpers import connect
 from tests.directory import samples as directory_samples
 from tests.message import samples
 from tests.support.relay_fixtures import DOCTOR, PASSWORD, URGENCES
@@ -50,19 +50,11 @@ async def test_report_reaches_a_colleague_and_the_patient_intact(
     relay: Harness, tmp_path: Path
 ) -> None:
     await _add_report_patient(relay)
-    host, port = relay.address("submission")
     traces = TraceLog(tmp_path / "traces.jsonl")
     report = samples.report(
         sender=DOCTOR.address, to=(URGENCES.address, PATIENT_ADDRESS)
     )
-    async with Client.connect(
-        host,
-        port,
-        login=DOCTOR.address,
-        password=PASSWORD,
-        tls=_tls(relay),
-        traces=traces,
-    ) as client:
+    async with connect(relay, DOCTOR.address, traces=traces) as client:
         sent = await client.send(report)
     assert sent.accepted == (URGENCES.address, PATIENT_ADDRESS)
     assert sent.refused == {}
@@ -122,7 +114,6 @@ async def test_malformed_report_is_refused_before_anything_is_sent(
 async def test_message_over_the_server_size_is_refused_locally(
     relay: Harness, tmp_path: Path
 ) -> None:
-    host, port = relay.address("submission")
     traces = TraceLog(tmp_path / "traces.jsonl")
     big = samples.tiny_pdf("x") + b"%" + b"y" * 300_000
     report = samples.report(
@@ -130,14 +121,7 @@ async def test_message_over_the_server_size_is_refused_locally(
         to=(URGENCES.address,),
         documents=(samples.discharge_letter(), Document.pdf(big, filename="big.pdf")),
     )
-    async with Client.connect(
-        host,
-        port,
-        login=DOCTOR.address,
-        password=PASSWORD,
-        tls=_tls(relay),
-        traces=traces,
-    ) as client:
+    async with connect(relay, DOCTOR.address, traces=traces) as client:
         with pytest.raises(MessageTooLargeError, match="at most 200000"):
             await client.send(report)
     assert [t["event"] for t in traces.export()] == ["send.refused"]
@@ -147,11 +131,8 @@ async def test_message_over_the_server_size_is_refused_locally(
 
 
 async def test_refused_recipients_raise_with_each_reply(relay: Harness) -> None:
-    host, port = relay.address("submission")
     report = samples.report(sender=DOCTOR.address, to=("inconnu@medecin.mssante.fr",))
-    async with Client.connect(
-        host, port, login=DOCTOR.address, password=PASSWORD, tls=_tls(relay)
-    ) as client:
+    async with connect(relay, DOCTOR.address) as client:
         with pytest.raises(RecipientsRefusedError) as caught:
             await client.send(report)
     assert str(caught.value.refused["inconnu@medecin.mssante.fr"]).startswith(
@@ -160,24 +141,18 @@ async def test_refused_recipients_raise_with_each_reply(relay: Harness) -> None:
 
 
 async def test_partial_acceptance_is_reported_per_recipient(relay: Harness) -> None:
-    host, port = relay.address("submission")
     report = samples.report(
         sender=DOCTOR.address, to=(URGENCES.address, "inconnu@medecin.mssante.fr")
     )
-    async with Client.connect(
-        host, port, login=DOCTOR.address, password=PASSWORD, tls=_tls(relay)
-    ) as client:
+    async with connect(relay, DOCTOR.address) as client:
         sent = await client.send(report)
     assert sent.accepted == (URGENCES.address,)
     assert sent.refused["inconnu@medecin.mssante.fr"].code == 550
 
 
 async def test_wrong_password_is_an_authentication_error(relay: Harness) -> None:
-    host, port = relay.address("submission")
     with pytest.raises(AuthenticationError, match="535"):
-        async with Client.connect(
-            host, port, login=DOCTOR.address, password="Wrong-pw-123!", tls=_tls(relay)
-        ):
+        async with connect(relay, DOCTOR.address, password="Wrong-pw-123!"):
             pass
 
 
@@ -188,39 +163,19 @@ async def test_untrusted_server_certificate_is_refused(
 
     other = tmp_path / "other-ca.pem"
     other.write_bytes(TestPKI(datetime.now(UTC)).root_pem)
-    host, port = relay.address("submission")
     with pytest.raises(TLSVerificationError, match="certificate"):
-        async with Client.connect(
-            host,
-            port,
-            login=DOCTOR.address,
-            password=PASSWORD,
-            tls=TLSConfig(ca_file=other),
-        ):
+        async with connect(relay, DOCTOR.address, tls=TLSConfig(ca_file=other)):
             pass
 
 
 async def test_strict_mssante_profile_negotiates_tls12_and_implicit_tls_works(
     relay: Harness,
 ) -> None:
-    host, port = relay.address("submission")
-    async with Client.connect(
-        host,
-        port,
-        login=DOCTOR.address,
-        password=PASSWORD,
-        tls=_tls(relay, mssante_strict=True),
+    async with connect(
+        relay, DOCTOR.address, tls=_tls(relay, mssante_strict=True)
     ) as client:
         assert client.tls_version == "TLSv1.2"
-    host, port = relay.address("submissions")
-    async with Client.connect(
-        host,
-        port,
-        login=DOCTOR.address,
-        password=PASSWORD,
-        tls=_tls(relay),
-        implicit_tls=True,
-    ) as client:
+    async with connect(relay, DOCTOR.address, listener="submissions") as client:
         assert client.tls_version == "TLSv1.3"
         assert client.capabilities.has("DSN")
 
@@ -232,16 +187,8 @@ async def test_signed_report_verifies_at_the_recipient(
     from mssante.crypto.certs import TrustStore
 
     signer = pki.practitioner(DOCTOR.address)
-    host, port = relay.address("submission")
     report = samples.report(sender=DOCTOR.address, to=(URGENCES.address,))
-    async with Client.connect(
-        host,
-        port,
-        login=DOCTOR.address,
-        password=PASSWORD,
-        tls=_tls(relay),
-        signer=signer,
-    ) as client:
+    async with connect(relay, DOCTOR.address, signer=signer) as client:
         await client.send(report)
     await relay.delivered()
     [stored] = relay.messages(URGENCES.address)

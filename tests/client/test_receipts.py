@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from mssante import Client, TLSConfig, TraceLog
+from mssante import TraceLog
 from mssante.message import (
     Disposition,
     DispositionType,
@@ -15,8 +15,9 @@ from mssante.message import (
     IntegrationErrorCode,
     compose_mdn,
 )
+from tests.client.helpers import connect
 from tests.message import samples
-from tests.support.relay_fixtures import DOCTOR, PASSWORD, URGENCES
+from tests.support.relay_fixtures import DOCTOR, URGENCES
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -29,29 +30,16 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.filterwarnings("ignore::BytesWarning")
 
 
-def _connect(relay: Harness, login: str, **kw: object) -> object:
-    host, port = relay.address("submission")
-    return Client.connect(
-        host,
-        port,
-        login=login,
-        password=PASSWORD,
-        tls=TLSConfig(ca_file=relay.ca_file),
-        imap_port=relay.address("imaps")[1],
-        **kw,  # type: ignore[arg-type]
-    )
-
-
 async def test_dsn_and_mdn_come_back_and_are_correlated(relay: Harness) -> None:
     report = samples.report(
         sender=DOCTOR.address, to=(URGENCES.address,), read_receipt=True
     )
-    async with _connect(relay, DOCTOR.address) as doctor:  # type: ignore[attr-defined]
+    async with connect(relay, DOCTOR.address) as doctor:
         sent = await doctor.send(report)
         await relay.delivered()
         # The colleague's software integrates the document and says so (RFC 8098),
         # and refuses a second one with an MSSanté integration error code.
-        async with _connect(relay, URGENCES.address) as colleague:  # type: ignore[attr-defined]
+        async with connect(relay, URGENCES.address) as colleague:
             [item] = await colleague.inbox()
             received = (await colleague.open(item.uid)).raw
             for n, disposition in enumerate(
@@ -91,7 +79,7 @@ async def test_receipts_and_deletions_are_traced(
 ) -> None:
     traces = TraceLog(tmp_path / "traces.jsonl")
     report = samples.report(sender=DOCTOR.address, to=(URGENCES.address,))
-    async with _connect(relay, DOCTOR.address, traces=traces) as doctor:  # type: ignore[attr-defined]
+    async with connect(relay, DOCTOR.address, traces=traces) as doctor:
         sent = await doctor.send(report)
         await relay.delivered()
         await doctor.receipts([sent])
@@ -108,7 +96,7 @@ async def test_missing_mdn_is_flagged_after_the_delay(relay: Harness) -> None:
         sender=DOCTOR.address, to=(URGENCES.address,), read_receipt=True
     )
     later = datetime.now(UTC) + timedelta(days=8)
-    async with _connect(relay, DOCTOR.address) as doctor:  # type: ignore[attr-defined]
+    async with connect(relay, DOCTOR.address) as doctor:
         sent = await doctor.send(report)
         await relay.delivered()
         [now_receipts] = await doctor.receipts([sent])
@@ -125,11 +113,11 @@ async def test_inbox_lists_without_marking_seen_and_opens_signed_mail(
     from mssante.crypto.certs import TrustStore
 
     signer = pki.practitioner(DOCTOR.address)
-    async with _connect(relay, DOCTOR.address, signer=signer) as doctor:  # type: ignore[attr-defined]
+    async with connect(relay, DOCTOR.address, signer=signer) as doctor:
         await doctor.send(samples.report(sender=DOCTOR.address, to=(URGENCES.address,)))
     await relay.delivered()
     trust = TrustStore.from_pem(pki.root_pem, pki.intermediates_pem, pki.crls())
-    async with _connect(relay, URGENCES.address) as colleague:  # type: ignore[attr-defined]
+    async with connect(relay, URGENCES.address) as colleague:
         [item] = await colleague.inbox()
         assert "\\Seen" not in item.flags
         assert item.subject.startswith("XDM/1.0/DDM+")
