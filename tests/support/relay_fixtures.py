@@ -21,8 +21,15 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from directory.config import Backend, DirectoryConfig, open_directory
-from directory.model import Operator, OperatorCertificate, Status
-from mssante.crypto.testpki import TestPKI
+from directory.model import (
+    Certificate,
+    CertificateUsage,
+    Mailbox,
+    Operator,
+    OperatorCertificate,
+    Status,
+)
+from mssante.crypto.testpki import Issued, TestPKI
 from relay.accounts import AccountKind, AccountStore
 from relay.app import RunningRelay, load_master_key, run_relay
 from relay.config import parse
@@ -175,11 +182,17 @@ def _write(path: Path, data: bytes) -> Path:
 
 
 def relay_config(
-    tmp_path: Path, tls: Path, directory: DirectoryConfig | None
+    tmp_path: Path,
+    tls: Path,
+    directory: DirectoryConfig | None,
+    *,
+    extra: dict[str, Any] | None = None,
 ) -> Config:
+    """The test relay's config; ``extra`` adds top-level tables (``smime``)."""
     listener = {"host": "127.0.0.1", "port": 0}
     cfg = parse(
         {
+            **(extra or {}),
             "relay": {
                 "data_dir": str(tmp_path / "data"),
                 "domain": "mssante.example",
@@ -302,3 +315,67 @@ async def relay_ldap(
             yield harness
     finally:
         slapd.slapd.wipe()
+
+
+# -- S/MIME (the relay's [smime] table) ----------------------------------------------
+
+SEAL_ADDRESS = "relais@mssante.example"
+
+
+@dataclass(frozen=True)
+class SmimeFiles:
+    """Trust material and credentials for a relay with ``[smime]``, made once.
+
+    ``doctor_signer`` is an EC signature-only certificate (fast to make);
+    ``doctor`` and ``urgences`` are RSA with both usages (encryption needs
+    RSA key transport); ``seal`` is the operator's EC sealing credential.
+    """
+
+    directory: Path
+    seal: Issued
+    doctor_signer: Issued
+    doctor: Issued
+    urgences: Issued
+
+    def table(self, *, crls: bool = True, **settings: Any) -> dict[str, Any]:  # noqa: ANN401
+        """An ``[smime]`` table: anchors, CRLs, seal credential, then ``settings``."""
+        d = self.directory
+        return {
+            "trust_anchors_file": str(d / "anchors.pem"),
+            "crl_files": [str(p) for p in sorted(d.glob("*.crl"))] if crls else [],
+            "seal_cert_file": str(d / "seal.pem"),
+            "seal_key_file": str(d / "seal.key"),
+            **settings,
+        }
+
+
+@pytest.fixture(scope="session")
+def smime_files(pki: TestPKI, tmp_path_factory: pytest.TempPathFactory) -> SmimeFiles:
+    d = tmp_path_factory.mktemp("smime")
+    _write(d / "anchors.pem", pki.root_pem + pki.intermediates_pem)
+    for n, crl in enumerate(pki.crls()):
+        _write(d / f"ca-{n}.crl", crl)
+    seal = pki.organisation(SEAL_ADDRESS, name="MSSANTE EXAMPLE", key="ec")
+    _write(d / "seal.pem", seal.fullchain_pem)
+    _write(d / "seal.key", seal.key_pem)
+    return SmimeFiles(
+        directory=d,
+        seal=seal,
+        doctor_signer=pki.practitioner(DOCTOR.address, key="ec"),
+        doctor=pki.practitioner(DOCTOR.address),
+        urgences=pki.organisation(URGENCES.address),
+    )
+
+
+def with_certificates(
+    mailbox: Mailbox, *certs: tuple[CertificateUsage, Issued]
+) -> Mailbox:
+    """The directory entry ``mailbox`` listing ``certs`` (usage, certificate)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        mailbox,
+        certificates=tuple(
+            Certificate(usage=usage, der=issued.cert_der) for usage, issued in certs
+        ),
+    )
