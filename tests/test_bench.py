@@ -110,3 +110,25 @@ def test_bench_smtp_quick_prints_bench_lines_against_the_sink(
     assert all(" ours=" in line and line.endswith("unit=msg/s") for line in lines)
     assert "ours  " in out
     assert "sink  " in out
+
+
+def test_bench_imap_quick_prints_bench_lines_or_says_dovecot_is_missing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench import imap as bench_imap
+
+    tiny = ["--users", "2", "--messages", "6", "--logins", "4", "--clients", "2"]
+    assert bench_imap.main(["--quick", *tiny, "--idle", "4", "--cheap-logins"]) == 0
+
+    out = capsys.readouterr().out
+    assert "ours     fetch_bodies    6 in " in out
+    assert "ours     search_unseen   2 in " in out  # one message in four unread
+    lines = [line for line in out.splitlines() if line.startswith("BENCH imap ")]
+    if not bench_imap.DOVECOT_BIN.exists():
+        assert "Dovecot: skipped: dovecot not installed" in out
+        assert lines == []
+        pytest.skip("Dovecot not installed: only ours was measured")
+    metrics = {line.split()[2] for line in lines}
+    assert {"logins", "fetch_headers", "fetch_bodies", "search_text"} <= metrics
+    assert "idle_memory_per_connection" in metrics
+    assert all(" ours=" in line and " ratio=" in line for line in lines)
