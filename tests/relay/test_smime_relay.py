@@ -7,17 +7,22 @@ entries get their certificates through the running relay's directory.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import email
 import email.policy
+import os
+import shutil
 import smtplib
+import subprocess
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
 from directory.model import CertificateUsage
-from mssante.crypto import Kind, TrustStore, kind_of, sign, unwrap, verify
+from mssante.crypto import Kind, TrustStore, encrypt, kind_of, sign, unwrap, verify
 from relay.app import run_relay
 from relay.config import ConfigError
 from tests.relay.test_smtp import message
@@ -110,6 +115,23 @@ def _send(h: Harness, data: bytes, to: str = COLLEAGUE.address) -> tuple[int, st
 def _header(stored: bytes, name: str = SIGNATURE) -> list[str]:
     parsed = email.message_from_bytes(stored, policy=email.policy.compat32)
     return [str(v) for v in parsed.get_all(name) or []]
+
+
+def _openssl_verify(path: Path, anchors: Path) -> subprocess.CompletedProcess[bytes]:
+    command = ["openssl", "cms", "-verify", "-in", str(path), "-CAfile", str(anchors)]
+    return subprocess.run(
+        [*command, "-purpose", "smimesign"], capture_output=True, check=False
+    )
+
+
+def _kill_agents(homes: list[Path]) -> None:
+    for home in homes:
+        subprocess.run(
+            ["gpgconf", "--kill", "gpg-agent"],
+            env={**os.environ, "GNUPGHOME": str(home)},
+            check=False,
+            capture_output=True,
+        )
 
 
 def _events(h: Harness, name: str) -> list[dict[str, Any]]:
@@ -348,3 +370,120 @@ async def test_seal_key_that_does_not_match_stops_the_start(
     with pytest.raises(ConfigError, match=r"smime\.seal_key_file: the key does not"):
         async with run_relay(cfg):
             pass
+
+
+@pytest.mark.interop
+async def test_seal_verifies_with_openssl_cms(
+    relay_smime: Harness, smime_files: SmimeFiles, tmp_path: Path
+) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl")
+    await relay_smime.run(
+        lambda: _send(relay_smime, message(DOCTOR.address, COLLEAGUE.address))
+    )
+    await relay_smime.delivered()
+    [stored] = relay_smime.messages(COLLEAGUE.address)
+    (tmp_path / "sealed.eml").write_bytes(stored)
+    result = await asyncio.to_thread(
+        _openssl_verify, tmp_path / "sealed.eml", smime_files.directory / "anchors.pem"
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"veuillez trouver le compte rendu" in result.stdout
+
+
+async def test_signed_message_from_a_peer_operator_is_verified_and_not_sealed(
+    relay_smime: Harness, pki: TestPKI
+) -> None:
+    remote = "dr.martin@hopital-b.example"
+    signer = pki.practitioner(remote, key="ec")
+    signed = sign(message(remote, DOCTOR.address), signer, at=_now())
+    plain = message(remote, DOCTOR.address, message_id="<m2@hopital-b.example>")
+
+    def send() -> None:
+        with relay_smime.mx_operator() as client:
+            client.sendmail(remote, [DOCTOR.address], signed)
+            client.sendmail(remote, [DOCTOR.address], plain)
+
+    await relay_smime.run(send)
+    await relay_smime.delivered()
+    first, second = relay_smime.messages(DOCTOR.address)
+    # The doctor has an encryption certificate: both copies are encrypted.
+    assert kind_of(first) is Kind.AUTH_ENVELOPED
+    [trace] = _header(first)
+    assert trace.startswith(f"verified; signer={remote};")
+    assert _header(second) == []
+    assert _events(relay_smime, "smime.message.sealed") == []
+
+
+async def test_replaced_crl_file_is_read_again(
+    tmp_path: Path, tls_files: TlsFiles, smime_files: SmimeFiles, pki: TestPKI
+) -> None:
+    crl_dir = tmp_path / "crl"
+    crl_dir.mkdir()
+    for path in sorted(smime_files.directory.glob("*.crl")):
+        (crl_dir / path.name).write_bytes(path.read_bytes())
+    table = smime_files.table(crl_files=[str(p) for p in sorted(crl_dir.glob("*"))])
+    signer = pki.revoked(DOCTOR.address, key="ec")  # listed on the next CRLs
+    async with _relay(tmp_path, tls_files, table) as h:
+        data = sign(message(DOCTOR.address, COLLEAGUE.address), signer, at=_now())
+        before, _ = await h.run(lambda: _send(h, data))
+        for n, crl in enumerate(pki.crls()):
+            (crl_dir / f"ca-{n}.crl").write_bytes(crl)
+        after, text = await h.run(lambda: _send(h, data))
+        reasons = [e["reason"] for e in _events(h, "smime.verification.failed")]
+    assert before == 250
+    assert (after, text.split()[0]) == (550, "5.7.5")
+    assert reasons == ["revoked"]
+
+
+async def test_message_encrypted_by_its_author_is_stored_as_sent(
+    relay_smime: Harness, smime_files: SmimeFiles
+) -> None:
+    data = encrypt(
+        message(DOCTOR.address, URGENCES.address), [smime_files.urgences.cert]
+    )
+    code, _ = await relay_smime.run(lambda: _send(relay_smime, data, URGENCES.address))
+    assert code == 250
+    await relay_smime.delivered()
+    [stored] = relay_smime.messages(URGENCES.address)
+    assert stored.endswith(data.split(b"\r\n\r\n", 1)[1])
+    assert _events(relay_smime, "smime.message.sealed") == []
+    assert _events(relay_smime, "smime.message.encrypted") == []
+
+
+@pytest.mark.skipif(shutil.which("gpg") is None, reason="no gpg")
+async def test_recipient_preferring_openpgp_gets_a_pgp_mime_copy(
+    relay_smime: Harness, tmp_path: Path
+) -> None:
+    from mssante.crypto.openpgp import Keyring
+    from tests.crypto.test_openpgp import make_party
+
+    party = await asyncio.to_thread(make_party, tmp_path / "pgp", URGENCES.address)
+    homes = [party.home, relay_smime.config.relay.data_dir / "gnupg"]
+    try:
+        armored = party.keyring.export_public_key(party.fingerprint)
+        await relay_smime.running.directory.replace(
+            dataclasses.replace(
+                URGENCES, pgp_key=armored.decode("ascii"), prefers_pgp=True
+            )
+        )
+        code, _ = await relay_smime.run(
+            lambda: _send(
+                relay_smime, message(DOCTOR.address, URGENCES.address), URGENCES.address
+            )
+        )
+        assert code == 250
+        await relay_smime.delivered()
+        [stored] = relay_smime.messages(URGENCES.address)
+        opened = await asyncio.to_thread(Keyring(party.home).decrypt_and_verify, stored)
+    finally:
+        await asyncio.to_thread(_kill_agents, homes)
+    assert b"multipart/encrypted" in stored.split(b"\r\n\r\n", 1)[0]
+    # Inside: the relay's seal around the message as it was sent.
+    assert kind_of(opened.message) is Kind.SIGNED
+    assert b"veuillez trouver le compte rendu" in opened.message
+    methods = {
+        e["recipient"]: e["method"]
+        for e in _events(relay_smime, "smime.message.encrypted")
+    }
+    assert methods == {URGENCES.address: "openpgp", DOCTOR.address: "smime"}
