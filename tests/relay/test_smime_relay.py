@@ -372,7 +372,6 @@ async def test_seal_key_that_does_not_match_stops_the_start(
             pass
 
 
-@pytest.mark.interop
 async def test_seal_verifies_with_openssl_cms(
     relay_smime: Harness, smime_files: SmimeFiles, tmp_path: Path
 ) -> None:
