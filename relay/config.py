@@ -24,6 +24,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from directory.config import Backend, DirectoryConfig, LdapConfig
+from relay.accounts import (
+    DEFAULT_MAX_FAILURE_DELAY,
+    DEMO_MECHANISMS,
+    PRODUCTION_MECHANISMS,
+    AccountKind,
+    Mechanism,
+    MechanismPolicy,
+)
+from relay.oauth import (
+    DEFAULT_ALGORITHMS,
+    DEFAULT_CLOCK_SKEW,
+    DEFAULT_JWKS_CACHE_TTL,
+    TokenRules,
+)
 from relay.policy import SignatureAction
 
 if TYPE_CHECKING:
@@ -87,10 +101,43 @@ class TlsSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class AuthSettings:
-    """The ``[auth]`` table: throttling of failed logins."""
+class OAuthSettings:
+    """The ``[auth.oauth]`` table: the OpenID Connect issuer of bearer tokens."""
 
+    issuer: str
+    audience: str
+    claim: str = "sub"  # the claim matched against an account's external id
+    clock_skew: float = DEFAULT_CLOCK_SKEW
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    jwks_file: Path | None = None  # exactly one of jwks_file, jwks_url
+    jwks_url: str | None = None
+    jwks_cache_ttl: float = DEFAULT_JWKS_CACHE_TTL
+
+    @property
+    def rules(self) -> TokenRules:
+        return TokenRules(
+            issuer=self.issuer,
+            audience=self.audience,
+            claim=self.claim,
+            clock_skew=self.clock_skew,
+            algorithms=self.algorithms,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthSettings:
+    """The ``[auth]`` table: mechanisms per account kind, tokens, throttling."""
+
+    # Production defaults forbid the main password for practitioner and
+    # organisation accounts (relay.accounts.PRODUCTION_MECHANISMS); follows
+    # ``[directory] production`` unless set.
+    production: bool = False
+    mechanisms: MechanismPolicy = DEMO_MECHANISMS
+    oauth: OAuthSettings | None = None
+    # The first failure waits failure_delay, each further one twice as long,
+    # up to max_failure_delay.
     failure_delay: float = DEFAULT_AUTH_FAILURE_DELAY
+    max_failure_delay: float = DEFAULT_MAX_FAILURE_DELAY
     max_failures: int = DEFAULT_AUTH_MAX_FAILURES
     max_failures_per_peer: int = DEFAULT_AUTH_MAX_FAILURES_PER_PEER
     lockout: float = DEFAULT_AUTH_LOCKOUT
@@ -428,11 +475,80 @@ def _imap(t: _Table | None) -> ImapSettings:
     return settings
 
 
-def _auth(t: _Table | None) -> AuthSettings:
+_ALGORITHMS: Final = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
+)
+
+
+def _oauth(t: _Table | None) -> OAuthSettings | None:
     if t is None:
-        return AuthSettings()
+        return None
+    algorithms = t.texts("algorithms", DEFAULT_ALGORITHMS)
+    bad = [a for a in algorithms if a not in _ALGORITHMS]
+    if bad or not algorithms:
+        raise ConfigError(
+            f"{t.name}.algorithms: {bad[0] if bad else 'empty'!r} is not an"
+            f" asymmetric JWS algorithm ({', '.join(sorted(_ALGORITHMS))})"
+        )
+    jwks_file = t.optional_path("jwks_file")
+    jwks_url = t.text("jwks_url", "") or None
+    if (jwks_file is None) == (jwks_url is None):
+        raise ConfigError(
+            f"{t.name}.jwks_file: give exactly one of jwks_file, jwks_url"
+        )
+    if jwks_url is not None and not jwks_url.startswith("https://"):
+        raise ConfigError(f"{t.name}.jwks_url: must start with https://")
+    settings = OAuthSettings(
+        issuer=t.text("issuer"),
+        audience=t.text("audience"),
+        claim=t.text("claim", "sub"),
+        clock_skew=t.number("clock_skew", DEFAULT_CLOCK_SKEW),
+        algorithms=algorithms,
+        jwks_file=jwks_file,
+        jwks_url=jwks_url,
+        jwks_cache_ttl=t.number("jwks_cache_ttl", DEFAULT_JWKS_CACHE_TTL),
+    )
+    t.done()
+    return settings
+
+
+def _mechanisms(t: _Table | None, default: MechanismPolicy) -> MechanismPolicy:
+    if t is None:
+        return default
+    overrides: dict[AccountKind, list[Mechanism]] = {}
+    for kind in AccountKind:
+        if kind.value not in t.names():
+            continue
+        names = t.texts(kind.value, ())
+        try:
+            overrides[kind] = [Mechanism(n) for n in names]
+        except ValueError:
+            allowed = ", ".join(m.value for m in Mechanism)
+            raise ConfigError(
+                f"{t.name}.{kind.value}: mechanisms are among {allowed}"
+            ) from None
+    t.done()
+    return default.replace(overrides)
+
+
+def _auth(t: _Table | None, *, directory_production: bool) -> AuthSettings:
+    if t is None:
+        return AuthSettings(
+            production=directory_production,
+            mechanisms=PRODUCTION_MECHANISMS
+            if directory_production
+            else DEMO_MECHANISMS,
+        )
+    production = t.flag("production", directory_production)
     settings = AuthSettings(
+        production=production,
+        mechanisms=_mechanisms(
+            t.table("mechanisms"),
+            PRODUCTION_MECHANISMS if production else DEMO_MECHANISMS,
+        ),
+        oauth=_oauth(t.table("oauth")),
         failure_delay=t.number("failure_delay", DEFAULT_AUTH_FAILURE_DELAY),
+        max_failure_delay=t.number("max_failure_delay", DEFAULT_MAX_FAILURE_DELAY),
         max_failures=t.integer("max_failures", DEFAULT_AUTH_MAX_FAILURES, minimum=1),
         max_failures_per_peer=t.integer(
             "max_failures_per_peer", DEFAULT_AUTH_MAX_FAILURES_PER_PEER, minimum=1
@@ -517,7 +633,7 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
     tls = _tls(root.table("tls"))
     smtp = _smtp(root.table("smtp"))
     imap = _imap(root.table("imap"))
-    auth = _auth(root.table("auth"))
+    auth = _auth(root.table("auth"), directory_production=directory.production)
     smime = _smime(root.table("smime"))
     root.done()
     return Config(
