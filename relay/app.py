@@ -22,9 +22,16 @@ from typing import TYPE_CHECKING, Any, Final
 
 from directory.config import open_directory
 from relay import policy
-from relay.accounts import AccountStore, LoginThrottle
+from relay.accounts import (
+    SASL_MECHANISMS,
+    AccountStore,
+    Authenticator,
+    LoginThrottle,
+    Mechanism,
+)
 from relay.audit import AUDIT_FILE_NAME, AuditEvent, AuditTrail
 from relay.imap import ImapContext, ImapServer
+from relay.oauth import verifier_for
 from relay.queue.deliver import LocalDelivery
 from relay.queue.notices import success_notices
 from relay.queue.spool import Spool
@@ -172,6 +179,16 @@ async def run_relay(
             max_failures=cfg.auth.max_failures,
             max_failures_per_peer=cfg.auth.max_failures_per_peer,
             lockout=cfg.auth.lockout,
+            base_delay=cfg.auth.failure_delay,
+            max_delay=cfg.auth.max_failure_delay,
+        )
+        authenticator = Authenticator(
+            accounts=accounts,
+            throttle=throttle,
+            audit=audit,
+            directory=directory,
+            mechanisms=cfg.auth.mechanisms,
+            tokens=verifier_for(cfg.auth.oauth) if cfg.auth.oauth else None,
         )
         ctx = HandlerContext(
             directory=directory,
@@ -186,16 +203,26 @@ async def run_relay(
             auth_failure_delay=cfg.auth.failure_delay,
             clock=clock,
             smime=smime,
+            authenticator=authenticator,
         )
         handler = RelayHandler(ctx)
-        plain_ctx = server_context(cfg.tls, ask_client_certificate=False)
+        # SASL EXTERNAL: submission and IMAP ask for a client certificate
+        # (verified against the trust anchors) when some account kind uses it.
+        plain_ctx = server_context(
+            cfg.tls,
+            ask_client_certificate=authenticator.offers(Mechanism.EXTERNAL),
+        )
         mx_ctx = (
             server_context(cfg.tls, ask_client_certificate=True)
             if cfg.smtp.mx.enabled
             else None
         )
         smtp = cfg.smtp
+        all_sasl = sorted({n for names in SASL_MECHANISMS.values() for n in names})
+        offered = authenticator.sasl_names()
         common: dict[str, Any] = {
+            # Only the mechanisms some account kind may use are advertised.
+            "auth_exclude_mechanism": [n for n in all_sasl if n not in offered],
             "hostname": cfg.relay.hostname,
             "data_size_limit": cfg.relay.max_message_size,
             "enable_SMTPUTF8": True,
@@ -229,8 +256,8 @@ async def run_relay(
                 channel=policy.Channel.MX,
                 tls_context=mx_ctx,
                 require_starttls=True,
-                auth_exclude_mechanism=["PLAIN", "LOGIN"],
-                **common,
+                # No AUTH on MX: operators are known by their certificate.
+                **{**common, "auth_exclude_mechanism": all_sasl},
             )
 
         running = RunningRelay(
@@ -268,6 +295,7 @@ async def run_relay(
             auth_failure_delay=cfg.auth.failure_delay,
             clock=clock,
             max_message_size=cfg.relay.max_message_size,
+            authenticator=authenticator,
             timeout=cfg.imap.timeout,
         )
         imap_handlers: list[ImapServer] = []
@@ -301,7 +329,28 @@ async def run_relay(
             queued=len(spool.pending()),
             # Whether messages are verified, sealed and encrypted ("off": none).
             smime=cfg.smime.describe() if cfg.smime is not None else "off",
+            # Who may log in how (issue 6); production forbids main passwords
+            # for practitioner and organisation accounts.
+            auth_production=cfg.auth.production,
+            auth_mechanisms=cfg.auth.mechanisms.describe(),
+            auth_sasl=authenticator.sasl_names(),
         )
+        if not cfg.auth.production:
+            log.warning(
+                "auth: demo mode, main passwords accepted for every account kind;"
+                " set [auth] production = true to require tokens, certificates"
+                " or app passwords for practitioner and organisation accounts"
+            )
+        else:
+            log.warning(
+                "auth: production mode, main passwords refused for: %s",
+                ", ".join(
+                    k.value
+                    for k, ms in cfg.auth.mechanisms.allowed
+                    if Mechanism.PASSWORD not in ms
+                )
+                or "none",
+            )
         try:
             yield running
         finally:

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
 
+    from relay.config import OAuthSettings
+
 # Algorithms a JWKS of public keys may sign with (RFC 7518 §3.1). OpenID
 # Connect providers default to RS256; PS256 and ES256 are the modern choices.
 DEFAULT_ALGORITHMS: Final = ("RS256", "PS256", "ES256")
@@ -371,3 +373,14 @@ def error_challenge(mechanism: str, rules: TokenRules | None) -> bytes:
                 rules.issuer.rstrip("/") + "/.well-known/openid-configuration"
             )
     return json.dumps(body, separators=(",", ":")).encode("ascii")
+
+
+def verifier_for(settings: OAuthSettings) -> TokenVerifier:
+    """The verifier ``[auth.oauth]`` describes."""
+    keys: KeySource
+    if settings.jwks_url is not None:
+        keys = JwksUrl(settings.jwks_url, cache_ttl=settings.jwks_cache_ttl)
+    else:
+        assert settings.jwks_file is not None  # noqa: S101 - config checks one is set
+        keys = JwksFile(settings.jwks_file)
+    return TokenVerifier(settings.rules, keys)

@@ -20,12 +20,15 @@ What must stay true:
   one ``message.read`` audit event per message, naming the account that
   read it and through which grant.
 - Before TLS, LOGIN and AUTHENTICATE are refused (``LOGINDISABLED``,
-  RFC 3501 §6.2.3) and logins are throttled and audited like SMTP AUTH.
+  RFC 3501 §6.2.3). After it, LOGIN and AUTHENTICATE PLAIN (password or app
+  password), OAUTHBEARER/XOAUTH2 (bearer token) and EXTERNAL (client
+  certificate) are decided by :class:`relay.accounts.Authenticator`, the
+  same as SMTP AUTH (throttle, mechanisms per account kind, ``auth.*``
+  audit); ``imap.login.*`` records the IMAP session on top.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import logging
@@ -37,7 +40,7 @@ from typing import TYPE_CHECKING, Final
 from directory.errors import DirectoryError
 from directory.model import Patient, ProxyScope, Status
 from mssante.proto import imap
-from relay.accounts import ThrottleVerdict
+from relay.accounts import Attempt, Mechanism, Refusal
 from relay.audit import AuditEvent
 from relay.imap import _fetch
 from relay.imap._errors import CommandRefusedError, ServerFaultError
@@ -50,6 +53,12 @@ from relay.imap._session import (
     Selected,
     Target,
     Via,
+)
+from relay.oauth import (
+    SaslSyntaxError,
+    error_challenge,
+    parse_oauthbearer,
+    parse_xoauth2,
 )
 from relay.store import (
     ChangeKind,
@@ -68,7 +77,7 @@ from relay.store import (
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from relay.accounts import Account
+    from relay.accounts import Account, Outcome
     from relay.imap.server import ImapConnection
     from relay.store import Change
 
@@ -104,7 +113,10 @@ def capabilities(c: ImapConnection) -> list[str]:
     caps = list(BASE_CAPABILITIES)
     if c.conn.state is imap.State.NOT_AUTHENTICATED:
         if c.tls:
-            caps.append("AUTH=PLAIN")
+            # RFC 3501 §6.2.2; RFC 7628 §4 (OAUTHBEARER), RFC 4422 (EXTERNAL).
+            caps += ["AUTH=" + name for name in _sasl(c)]
+            if not _passwords_offered(c):
+                caps.append("LOGINDISABLED")
         else:
             caps += ["STARTTLS", "LOGINDISABLED"]
     return caps
@@ -158,20 +170,35 @@ async def cmd_starttls(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
     return Done("Begin TLS negotiation now")
 
 
+def _sasl(c: ImapConnection) -> list[str]:
+    """The SASL mechanisms AUTHENTICATE takes (IMAP has no SASL LOGIN)."""
+    return [n for n in c.ctx.authenticator.sasl_names() if n != "LOGIN"]
+
+
+def _passwords_offered(c: ImapConnection) -> bool:
+    auth = c.ctx.authenticator
+    return auth.offers(Mechanism.PASSWORD) or auth.offers(Mechanism.APP_PASSWORD)
+
+
+def _attempt(c: ImapConnection, sasl: str) -> Attempt:
+    return Attempt(
+        protocol="imap", sasl=sasl, cid=c.cid, peer=c.peer, tls=c.tls_description
+    )
+
+
 async def cmd_login(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
     _args(cmd, 2, 2)
     user = imap.astring(cmd.args[0], "user")
     password = imap.astring(cmd.args[1], "password")
-    return await _authenticate(c, user, password, "LOGIN")
-
-
-async def cmd_authenticate(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
-    _args(cmd, 1, 2)
-    mechanism = imap.atom(cmd.args[0], "mechanism").upper()
     if not c.tls:
-        raise CommandRefusedError("PRIVACYREQUIRED", "Authentication requires TLS")
-    if mechanism != "PLAIN":
-        raise CommandRefusedError(None, f"Unsupported mechanism {mechanism}")
+        # RFC 3501 §6.2.3, §11.1: LOGINDISABLED; RFC 5530 PRIVACYREQUIRED.
+        raise CommandRefusedError("PRIVACYREQUIRED", "Login requires TLS (STARTTLS)")
+    if not _passwords_offered(c):
+        raise CommandRefusedError("PRIVACYREQUIRED", "LOGIN is disabled here")
+    return await _password(c, user, password, "LOGIN")
+
+
+async def _sasl_response(c: ImapConnection, cmd: imap.CommandReceived) -> bytes:
     if len(cmd.args) == 2:  # RFC 4959 SASL-IR initial response
         response = imap.astring(cmd.args[1], "initial response")
     else:
@@ -179,70 +206,94 @@ async def cmd_authenticate(c: ImapConnection, cmd: imap.CommandReceived) -> Done
     if response == b"*":  # RFC 3501 §6.2.2: the client cancels
         raise imap.CommandSyntaxError(cmd.tag, "AUTHENTICATE cancelled")
     try:
-        blob = base64.b64decode(response if response != b"=" else b"", validate=True)
+        # RFC 4959 §3: "=" is an empty initial response.
+        return base64.b64decode(response if response != b"=" else b"", validate=True)
     except binascii.Error:
         raise imap.CommandSyntaxError(cmd.tag, "response is not base64") from None
-    # RFC 4616 §2: [authzid] NUL authcid NUL passwd.
-    parts = blob.split(b"\0")
-    if len(parts) != 3:
-        raise imap.CommandSyntaxError(cmd.tag, "malformed PLAIN response")
-    authzid, user, password = parts
-    if authzid and authzid != user:
-        raise CommandRefusedError(
-            "AUTHORIZATIONFAILED", "Authorization identity differs"
-        )
-    return await _authenticate(c, user, password, "PLAIN")
 
 
-async def _authenticate(
+async def cmd_authenticate(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
+    _args(cmd, 1, 2)
+    mechanism = imap.atom(cmd.args[0], "mechanism").upper()
+    if not c.tls:
+        raise CommandRefusedError("PRIVACYREQUIRED", "Authentication requires TLS")
+    if mechanism not in _sasl(c):
+        raise CommandRefusedError(None, f"Unsupported mechanism {mechanism}")
+    blob = await _sasl_response(c, cmd)
+    auth = c.ctx.authenticator
+    if mechanism == "PLAIN":
+        # RFC 4616 §2: [authzid] NUL authcid NUL passwd.
+        parts = blob.split(b"\0")
+        if len(parts) != 3:
+            raise imap.CommandSyntaxError(cmd.tag, "malformed PLAIN response")
+        authzid, user, password = parts
+        if authzid and authzid != user:
+            raise CommandRefusedError(
+                "AUTHORIZATIONFAILED", "Authorization identity differs"
+            )
+        return await _password(c, user, password, "PLAIN")
+    attempt = _attempt(c, mechanism)
+    if mechanism == "EXTERNAL":
+        # RFC 4422 Appendix A: the response is the authorization identity.
+        try:
+            identity = blob.decode("utf-8") or None
+        except UnicodeDecodeError:
+            raise imap.CommandSyntaxError(cmd.tag, "authzid is not UTF-8") from None
+        outcome = await auth.certificate(attempt, c.peer_certificate, identity)
+        return await _finish(c, outcome, mechanism)
+    parse = parse_oauthbearer if mechanism == "OAUTHBEARER" else parse_xoauth2
+    try:
+        response = parse(blob)
+    except SaslSyntaxError as exc:
+        raise imap.CommandSyntaxError(cmd.tag, f"malformed response: {exc}") from None
+    outcome = await auth.bearer(attempt, response)
+    if outcome.refusal is Refusal.INVALID:
+        # RFC 7628 §3.2.2, §4.3: the error JSON in a continuation; the client's
+        # dummy response (^A) comes before the tagged NO.
+        rules = auth.tokens.rules if auth.tokens is not None else None
+        challenge = base64.b64encode(error_challenge(mechanism, rules)).decode()
+        await c.continuation(challenge)
+    return await _finish(c, outcome, mechanism)
+
+
+async def _password(
     c: ImapConnection, user: bytes, password: bytes, mechanism: str
 ) -> Done:
-    ctx = c.ctx
-    if not c.tls:
-        # RFC 3501 §6.2.3, §11.1: LOGINDISABLED; RFC 5530 PRIVACYREQUIRED.
-        raise CommandRefusedError("PRIVACYREQUIRED", "Login requires TLS (STARTTLS)")
-    name = user.decode("utf-8", "replace")
-    verdict = ctx.throttle.check(name, c.peer)
-    if verdict is not ThrottleVerdict.ALLOWED:
-        ctx.audit.emit(
-            AuditEvent.AUTH_LOCKED,
-            cid=c.cid,
-            actor=name,
-            peer=c.peer,
-            protocol="imap",
-            reason=verdict.value,
-        )
-        await asyncio.sleep(ctx.auth_failure_delay)
-        raise CommandRefusedError("UNAVAILABLE", "Too many failures, try again later")
-    account: Account | None = None
+    auth = c.ctx.authenticator
+    attempt = _attempt(c, mechanism)
     try:
-        account = await asyncio.to_thread(
-            ctx.accounts.authenticate, user.decode("utf-8"), password.decode("utf-8")
-        )
+        name = user.decode("utf-8")
+        secret = password.decode("utf-8")
     except UnicodeDecodeError:
-        account = None
+        name = user.decode("utf-8", "replace")
+        outcome = await auth.refuse(attempt, name, "credentials not UTF-8")
+    else:
+        outcome = await auth.password(attempt, name, secret)
+    return await _finish(c, outcome, mechanism, name)
+
+
+async def _finish(
+    c: ImapConnection, outcome: Outcome, mechanism: str, name: str | None = None
+) -> Done:
+    """The tagged reply of LOGIN/AUTHENTICATE; the session record in the audit."""
+    ctx = c.ctx
+    account = outcome.account
     if account is None:
-        verdict = ctx.throttle.failed(name, c.peer)
+        if outcome.refusal is Refusal.LOCKED:
+            raise CommandRefusedError(
+                "UNAVAILABLE", "Too many failures, try again later"
+            )
+        if outcome.refusal is Refusal.UNAVAILABLE:
+            raise CommandRefusedError("UNAVAILABLE", "Temporary authentication failure")
         ctx.audit.emit(
             AuditEvent.IMAP_LOGIN_FAILED,
             cid=c.cid,
             actor=name,
             peer=c.peer,
             mechanism=mechanism,
-            reason="bad credentials or locked account",
+            reason="authentication refused (auth.failed says why)",
         )
-        if verdict is not ThrottleVerdict.ALLOWED:
-            ctx.audit.emit(
-                AuditEvent.AUTH_LOCKED,
-                cid=c.cid,
-                actor=name,
-                peer=c.peer,
-                protocol="imap",
-                reason=verdict.value,
-            )
-        await asyncio.sleep(ctx.auth_failure_delay)
         raise CommandRefusedError("AUTHENTICATIONFAILED", "Invalid credentials")
-    ctx.throttle.succeeded(name)
     c.access = await _access(c, account)
     ctx.audit.emit(
         AuditEvent.IMAP_LOGIN_SUCCEEDED,

@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from mssante.proto import imap
 from relay.imap import commands
 from relay.imap._errors import CommandRefusedError
-from relay.tls import describe
+from relay.tls import PeerCertificate, describe, peer_certificate
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from datetime import datetime
 
     from directory.protocol import Directory
-    from relay.accounts import AccountStore, LoginThrottle
+    from relay.accounts import AccountStore, Authenticator, LoginThrottle
     from relay.audit import AuditTrail
     from relay.imap._session import Access, Selected
     from relay.store import Change, MailStore
@@ -64,6 +64,7 @@ class ImapContext:
     auth_failure_delay: float
     clock: Callable[[], datetime]
     max_message_size: int
+    authenticator: Authenticator
     timeout: float = DEFAULT_IMAP_TIMEOUT
 
 
@@ -96,6 +97,11 @@ class ImapConnection:
     @property
     def tls_description(self) -> str:
         return describe(self.writer.get_extra_info("ssl_object"))
+
+    @property
+    def peer_certificate(self) -> PeerCertificate | None:
+        """The verified TLS client certificate (SASL EXTERNAL), if any."""
+        return peer_certificate(self.writer.get_extra_info("ssl_object"))
 
     # -- output ----------------------------------------------------------------
 

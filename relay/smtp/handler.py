@@ -33,8 +33,14 @@ from directory.errors import DirectoryError, InvalidFieldError
 from directory.model import Mailbox, Patient
 from mssante.crypto import CryptoError
 from relay import policy
-from relay.accounts import Account, ThrottleVerdict
+from relay.accounts import Account, Attempt, Refusal
 from relay.audit import AuditEvent
+from relay.oauth import (
+    SaslSyntaxError,
+    error_challenge,
+    parse_oauthbearer,
+    parse_xoauth2,
+)
 from relay.queue.spool import Envelope, Recipient, SpoolError
 from relay.smime import SIGNATURE_HEADER, may_be_smime_signed, strip_field
 from relay.smtp.server import RcptDsn, RelayEnvelope, RelaySMTP
@@ -49,8 +55,9 @@ if TYPE_CHECKING:
 
     from directory.model import Delegation
     from directory.protocol import Directory
-    from relay.accounts import AccountStore, LoginThrottle
+    from relay.accounts import AccountStore, Authenticator, LoginThrottle, Outcome
     from relay.audit import AuditTrail
+    from relay.oauth import BearerResponse
     from relay.queue.deliver import LocalDelivery
     from relay.queue.spool import Spool
     from relay.smime import RelaySmime
@@ -58,6 +65,8 @@ if TYPE_CHECKING:
 
 R421_LOCKED: Final = "454 4.7.0 Too many authentication failures, try again later"
 R535_INVALID: Final = "535 5.7.8 Authentication credentials invalid"
+# RFC 4954 §6: a temporary failure (the token issuer's keys, the directory).
+R454_TEMPORARY: Final = "454 4.7.0 Temporary authentication failure"
 R554_BARE_LINE_ENDING: Final = policy.Reply(
     554, "5.5.2", "Bare CR or LF in message data is not allowed (RFC 5321 §2.3.8)"
 )
@@ -81,6 +90,7 @@ class HandlerContext:
     auth_failure_delay: float
     clock: Callable[[], datetime]
     smime: RelaySmime | None = None  # None: no [smime] table
+    authenticator: Authenticator
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,20 +166,62 @@ class RelayHandler:
         extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-DSN"]
         return [*kept, *extra, responses[-1]]
 
-    # -- AUTH (RFC 4954; PLAIN RFC 4616, LOGIN) ------------------------------
+    # -- AUTH (RFC 4954; PLAIN RFC 4616, LOGIN, OAUTHBEARER RFC 7628, XOAUTH2,
+    #    EXTERNAL RFC 4422 Appendix A). The decision is the Authenticator's.
 
-    async def auth_PLAIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:
+    def _attempt(self, server: RelaySMTP, sasl: str) -> Attempt:
+        assert server.session is not None  # noqa: S101
+        return Attempt(
+            protocol="smtp",
+            sasl=sasl,
+            cid=server.cid,
+            peer=_peer_ip(server.session),
+            tls=describe(server.ssl_object),
+        )
+
+    async def _initial(self, server: RelaySMTP, args: list[str]) -> bytes | None:
+        """The initial response (RFC 4954 §4: ``=`` is an empty one) or a 334."""
         if len(args) == 1:
             blob = await server.challenge_auth("")
-            if blob is MISSING:
-                return AuthResult(success=False, handled=True)
-        else:
-            try:
-                blob = b64decode(args[1], validate=True)
-            except binascii.Error:
-                await server.push("501 5.5.2 Cannot decode base64")
-                return AuthResult(success=False, handled=True)
-        assert isinstance(blob, bytes)  # noqa: S101 - challenge_auth returns bytes
+            return blob if isinstance(blob, bytes) else None
+        if args[1] == "=":
+            return b""
+        try:
+            return b64decode(args[1], validate=True)
+        except binascii.Error:
+            await server.push("501 5.5.2 Cannot decode base64")
+            return None
+
+    @staticmethod
+    def _result(outcome: Outcome) -> AuthResult:
+        if outcome.account is not None:
+            return AuthResult(success=True, auth_data=Authenticated(outcome.account))
+        if outcome.refusal is Refusal.LOCKED:
+            return AuthResult(success=False, handled=False, message=R421_LOCKED)
+        if outcome.refusal is Refusal.UNAVAILABLE:
+            return AuthResult(success=False, handled=False, message=R454_TEMPORARY)
+        return AuthResult(success=False, handled=False, message=R535_INVALID)
+
+    async def _password(
+        self, server: RelaySMTP, login: bytes, password: bytes, sasl: str
+    ) -> AuthResult:
+        auth = self._ctx.authenticator
+        attempt = self._attempt(server, sasl)
+        try:
+            name = login.decode("utf-8")
+            secret = password.decode("utf-8")
+        except UnicodeDecodeError:
+            name = login.decode("utf-8", "replace")
+            return self._result(
+                await auth.refuse(attempt, name, "credentials not UTF-8")
+            )
+        return self._result(await auth.password(attempt, name, secret))
+
+    async def auth_PLAIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:
+        blob = await self._initial(server, args)
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        # RFC 4616 §2: [authzid] NUL authcid NUL passwd.
         parts = blob.split(b"\x00")
         if len(parts) != 3:
             await server.push("501 5.5.2 Cannot split the PLAIN response")
@@ -177,10 +229,13 @@ class RelayHandler:
         authzid, login, password = parts
         if authzid and authzid != login:
             # Acting as another identity is what delegations are for.
-            return await self._refuse_auth(
-                server, login, "authorization identity differs"
+            outcome = await self._ctx.authenticator.refuse(
+                self._attempt(server, "PLAIN"),
+                login.decode("utf-8", "replace"),
+                "authorization identity differs",
             )
-        return await self._verify(server, login, password, "PLAIN")
+            return self._result(outcome)
+        return await self._password(server, login, password, "PLAIN")
 
     async def auth_LOGIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:
         if len(args) == 1:
@@ -198,65 +253,57 @@ class RelayHandler:
             return AuthResult(success=False, handled=True)
         assert isinstance(login, bytes)  # noqa: S101
         assert isinstance(password, bytes)  # noqa: S101
-        return await self._verify(server, login, password, "LOGIN")
+        return await self._password(server, login, password, "LOGIN")
 
-    async def _refuse_auth(
-        self, server: RelaySMTP, login: bytes, reason: str
+    async def _bearer(
+        self,
+        server: RelaySMTP,
+        args: list[str],
+        sasl: str,
+        parse: Callable[[bytes], BearerResponse],
     ) -> AuthResult:
-        assert server.session is not None  # noqa: S101
-        name = login.decode("utf-8", "replace")
-        peer = _peer_ip(server.session)
-        verdict = self._ctx.throttle.failed(name, peer)
-        self._ctx.audit.emit(
-            AuditEvent.AUTH_FAILED, cid=server.cid, actor=name, peer=peer, reason=reason
-        )
-        if verdict is not ThrottleVerdict.ALLOWED:
-            self._ctx.audit.emit(
-                AuditEvent.AUTH_LOCKED,
-                cid=server.cid,
-                actor=name,
-                peer=peer,
-                reason=verdict.value,
-            )
-        await asyncio.sleep(self._ctx.auth_failure_delay)
-        return AuthResult(success=False, handled=False, message=R535_INVALID)
-
-    async def _verify(
-        self, server: RelaySMTP, login: bytes, password: bytes, mechanism: str
-    ) -> AuthResult:
-        assert server.session is not None  # noqa: S101
+        blob = await self._initial(server, args)
+        if blob is None:
+            return AuthResult(success=False, handled=True)
         try:
-            name = login.decode("utf-8")
-            secret = password.decode("utf-8")
+            response = parse(blob)
+        except SaslSyntaxError:
+            await server.push(f"501 5.5.2 Malformed {sasl} response")
+            return AuthResult(success=False, handled=True)
+        auth = self._ctx.authenticator
+        outcome = await auth.bearer(self._attempt(server, sasl), response)
+        if outcome.refusal is Refusal.INVALID:
+            # RFC 7628 §3.2.2: the error JSON in a 334 challenge; the client
+            # answers with a dummy ^A (§3.2.3) and the server then fails.
+            rules = auth.tokens.rules if auth.tokens is not None else None
+            reply = await server.challenge_auth(error_challenge(sasl, rules))
+            if reply is MISSING:  # the client cancelled with "*": 501 is sent
+                return AuthResult(success=False, handled=True)
+        return self._result(outcome)
+
+    async def auth_OAUTHBEARER(self, server: RelaySMTP, args: list[str]) -> AuthResult:
+        return await self._bearer(server, args, "OAUTHBEARER", parse_oauthbearer)
+
+    async def auth_XOAUTH2(self, server: RelaySMTP, args: list[str]) -> AuthResult:
+        return await self._bearer(server, args, "XOAUTH2", parse_xoauth2)
+
+    async def auth_EXTERNAL(self, server: RelaySMTP, args: list[str]) -> AuthResult:
+        # RFC 4422 Appendix A: the response is the authorization identity,
+        # empty to act as the identity the certificate establishes.
+        blob = await self._initial(server, args)
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        try:
+            authzid = blob.decode("utf-8") or None
         except UnicodeDecodeError:
-            return await self._refuse_auth(server, login, "credentials not UTF-8")
-        peer = _peer_ip(server.session)
-        verdict = self._ctx.throttle.check(name, peer)
-        if verdict is not ThrottleVerdict.ALLOWED:
-            self._ctx.audit.emit(
-                AuditEvent.AUTH_LOCKED,
-                cid=server.cid,
-                actor=name,
-                peer=peer,
-                reason=verdict.value,
-            )
-            await asyncio.sleep(self._ctx.auth_failure_delay)
-            return AuthResult(success=False, handled=False, message=R421_LOCKED)
-        account = await asyncio.to_thread(self._ctx.accounts.authenticate, name, secret)
-        if account is None:
-            return await self._refuse_auth(
-                server, login, "bad credentials or locked account"
-            )
-        self._ctx.throttle.succeeded(name)
-        self._ctx.audit.emit(
-            AuditEvent.AUTH_SUCCEEDED,
-            cid=server.cid,
-            actor=name,
-            peer=peer,
-            mechanism=mechanism,
-            tls=describe(server.ssl_object),
+            await server.push("501 5.5.2 Authorization identity is not UTF-8")
+            return AuthResult(success=False, handled=True)
+        outcome = await self._ctx.authenticator.certificate(
+            self._attempt(server, "EXTERNAL"),
+            peer_certificate(server.ssl_object),
+            authzid,
         )
-        return AuthResult(success=True, auth_data=Authenticated(account))
+        return self._result(outcome)
 
     # -- MAIL FROM -----------------------------------------------------------
 
