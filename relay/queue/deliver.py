@@ -173,12 +173,16 @@ class LocalDelivery:
                 reason=type(exc).__name__,
             )
             return False
-        copies = protection.copies(
-            envelope, message, keys, local_author=local_author, at=self._clock()
-        )
-        return await loop.run_in_executor(
-            self._pool, self._deliver, queue_id, envelope, message, copies
-        )
+        at = self._clock()
+
+        def deliver() -> bool:
+            # Copies inspects the message (CPU): in the thread, not on the loop.
+            copies = protection.copies(
+                envelope, message, keys, local_author=local_author, at=at
+            )
+            return self._deliver(queue_id, envelope, message, copies)
+
+        return await loop.run_in_executor(self._pool, deliver)
 
     def _read(self, queue_id: str) -> tuple[Envelope, bytes] | None:
         try:
