@@ -170,13 +170,15 @@ class MechanismPolicy:
 
 
 # The local, demo-grade mode: passwords for everyone, as the seeds use them.
+# EXTERNAL is opt-in here (``[auth.mechanisms] application``): it makes the
+# submission and IMAP listeners ask for client certificates.
 DEMO_MECHANISMS: Final = MechanismPolicy.of(
     {
         AccountKind.PRACTITIONER: _ALL_SECRETS,
         AccountKind.STAFF: _ALL_SECRETS,
         AccountKind.PATIENT: _ALL_SECRETS,
         AccountKind.PROXY: _ALL_SECRETS,
-        AccountKind.APPLICATION: _ALL_SECRETS | {Mechanism.EXTERNAL},
+        AccountKind.APPLICATION: _ALL_SECRETS,
     }
 )
 # DESIGN §4, issue 6: in production people sign in through the national

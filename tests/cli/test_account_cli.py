@@ -173,7 +173,7 @@ def test_application_account_without_password_and_external_id_change(
     assert status == EXIT_OK
     shown = json.loads(run(config, "--json", "account", "show", "lps")[1])
     assert shown["has_password"] is False
-    assert "EXTERNAL" in shown["sasl"]
+    assert "EXTERNAL" not in shown["sasl"]  # opt-in in demo mode
     assert run(config, "account", "external-id", "lps", "3-FINESS-1")[0] == EXIT_OK
     taken = run(config, "account", "external-id", "lps", RPPS_ID)
     assert taken[0] == EXIT_REFUSED

@@ -24,7 +24,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from directory.model import BalType, Certificate, CertificateUsage
-from relay.accounts import DEMO_MECHANISMS, PRODUCTION_MECHANISMS, AccountKind
+from relay.accounts import (
+    DEMO_MECHANISMS,
+    PRODUCTION_MECHANISMS,
+    AccountKind,
+    Mechanism,
+)
 from relay.config import OAuthSettings
 from relay.oauth import (
     JwksFile,
@@ -340,7 +345,18 @@ def auth_config(
     **auth: Any,  # noqa: ANN401
 ) -> Config:
     oauth = OAuthSettings(issuer=ISSUER, audience=AUDIENCE, claim=CLAIM, jwks_file=jwks)
-    mechanisms = PRODUCTION_MECHANISMS if production else DEMO_MECHANISMS
+    mechanisms = (
+        PRODUCTION_MECHANISMS
+        if production
+        else DEMO_MECHANISMS.replace(
+            {
+                AccountKind.APPLICATION: DEMO_MECHANISMS.for_kind(
+                    AccountKind.APPLICATION
+                )
+                | {Mechanism.EXTERNAL}
+            }
+        )
+    )
     return dataclasses.replace(
         cfg,
         auth=dataclasses.replace(
