@@ -21,10 +21,17 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
+from directory.config import DirectoryConfig, open_directory
 from directory.model import CertificateUsage
 from mssante.crypto import Kind, TrustStore, encrypt, kind_of, sign, unwrap, verify
 from relay.app import run_relay
-from relay.config import ConfigError
+from relay.audit import AUDIT_FILE_NAME, AuditTrail, records
+from relay.config import ConfigError, parse
+from relay.queue.deliver import LocalDelivery
+from relay.queue.spool import Envelope, Spool
+from relay.queue.spool import Recipient as SpoolRecipient
+from relay.smime import RelaySmime
+from relay.store import MailStore, MasterKey
 from tests.relay.test_smtp import message
 from tests.support.relay_fixtures import (
     COLLEAGUE,
@@ -405,7 +412,11 @@ async def test_signed_message_from_a_peer_operator_is_verified_and_not_sealed(
 
     await relay_smime.run(send)
     await relay_smime.delivered()
-    first, second = relay_smime.messages(DOCTOR.address)
+    # Delivered concurrently: tell the copies apart by Message-ID.
+    by_id = {
+        _header(m, "Message-ID")[0]: m for m in relay_smime.messages(DOCTOR.address)
+    }
+    first, second = by_id["<m1@medecin.mssante.fr>"], by_id["<m2@hopital-b.example>"]
     # The doctor has an encryption certificate: both copies are encrypted.
     assert kind_of(first) is Kind.AUTH_ENVELOPED
     [trace] = _header(first)
@@ -486,3 +497,61 @@ async def test_recipient_preferring_openpgp_gets_a_pgp_mime_copy(
         for e in _events(relay_smime, "smime.message.encrypted")
     }
     assert methods == {URGENCES.address: "openpgp", DOCTOR.address: "smime"}
+
+
+async def test_delivery_waits_when_the_directory_cannot_say_who_has_a_certificate(
+    tmp_path: Path, smime_files: SmimeFiles
+) -> None:
+    # Real spool, store, audit trail and directory; the directory is closed,
+    # so the relay cannot know whether the recipient has a certificate.
+    master = MasterKey.generate(tmp_path / "master.key")
+    spool = Spool.open(tmp_path, master.derive("spool"))
+    store = MailStore.open(tmp_path / "mail", master)
+    audit = AuditTrail(tmp_path / AUDIT_FILE_NAME, master.derive("audit"))
+    directory = await open_directory(
+        DirectoryConfig(sqlite_path=tmp_path / "directory.sqlite3")
+    )
+    await directory.close()
+    settings = parse(
+        {
+            "relay": {"data_dir": str(tmp_path), "domain": "mssante.example"},
+            "smime": smime_files.table(),
+        },
+        tmp_path,
+    ).smime
+    assert settings is not None
+    protection = RelaySmime(settings, data_dir=tmp_path, hostname="h", audit=audit)
+    spooled = spool.write(
+        Envelope(
+            sender=DOCTOR.address,
+            recipients=(SpoolRecipient(address=URGENCES.address),),
+            received_at=_now(),
+            channel="submission",
+        ),
+        message(DOCTOR.address, URGENCES.address),
+    )
+    delivery = LocalDelivery(
+        spool=spool,
+        store=store,
+        audit=audit,
+        is_local=lambda _: True,
+        clock=_now,
+        retry_delays=(60.0,),
+        protection=protection,
+        directory=directory,
+    )
+    delivery.start()
+    try:
+        assert await delivery.drain(within=10)
+        assert not store.has_mailbox(URGENCES.address)
+        assert spool.pending() == [spooled.queue_id]
+    finally:
+        await delivery.stop()
+        store.close()
+        audit.close()
+    failed = [
+        r
+        for r in records(tmp_path / AUDIT_FILE_NAME)
+        if r["event"] == "directory.lookup.failed"
+    ]
+    assert failed[0]["queue_id"] == spooled.queue_id
