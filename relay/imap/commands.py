@@ -70,6 +70,7 @@ from relay.store import (
     InvalidFlagError,
     MailboxNotFoundError,
     MessageInfo,
+    MessageNotFoundError,
     ParsedStructure,
     StoreError,
 )
@@ -806,20 +807,18 @@ async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
         for i in items
     )
     opens = any(i.sets_seen for i in items)
+    loaded: dict[int, tuple[ParsedStructure | None, bytes | None]] = {}
     for seq, uid in targets:
         info = infos.get(uid)
         if info is None:
             continue  # expunged by another session meanwhile
-        structure = (
-            await c.store(c.ctx.store.structure, sel.address, sel.folder, uid)
-            if needs_structure
-            else None
-        )
-        message = (
-            await c.store(c.ctx.store.fetch, sel.address, sel.folder, uid)
-            if needs_message
-            else None
-        )
+        if uid not in loaded and (needs_structure or needs_message):
+            # One worker-thread call per batch of messages, not per message.
+            batch = _fetch_batch(targets, infos, uid, with_body=needs_message)
+            loaded = await c.store(
+                _load_batch, c, sel, batch, needs_structure, needs_message
+            )
+        structure, message = loaded.get(uid, (None, None))
         flags_changed = False
         if marks_seen and not info.seen:
             (info,) = await c.store(
@@ -842,6 +841,64 @@ async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
         c.untagged(seq, imap.Atom("FETCH"), tuple(data))
         await c.drain_if_needed()
     return Done(f"{'UID ' if cmd.uid else ''}FETCH completed")
+
+
+# A FETCH loads the structures and bodies it needs in batches: up to this many
+# messages, or this many octets of message bodies, per worker-thread call.
+_FETCH_BATCH_MESSAGES: Final = 256
+_FETCH_BATCH_OCTETS: Final = 8 * 1024 * 1024
+
+
+def _fetch_batch(
+    targets: list[tuple[int, int]],
+    infos: dict[int, MessageInfo],
+    first: int,
+    *,
+    with_body: bool,
+) -> list[int]:
+    """The UIDs from ``first`` on that the next load takes."""
+    uids = [u for _, u in targets]
+    batch: list[int] = []
+    octets = 0
+    for uid in uids[uids.index(first) :]:
+        info = infos.get(uid)
+        if info is None:
+            continue
+        if batch and (
+            len(batch) >= _FETCH_BATCH_MESSAGES
+            or (with_body and octets + info.size > _FETCH_BATCH_OCTETS)
+        ):
+            break
+        batch.append(uid)
+        octets += info.size
+    return batch
+
+
+def _load_batch(
+    c: ImapConnection,
+    sel: Selected,
+    uids: list[int],
+    with_structure: bool,
+    with_body: bool,
+) -> dict[int, tuple[ParsedStructure | None, bytes | None]]:
+    """Structures and bodies of ``uids`` (blocking: runs in a worker thread).
+
+    A message expunged meanwhile by another session is left out.
+    """
+    store = c.ctx.store
+    out: dict[int, tuple[ParsedStructure | None, bytes | None]] = {}
+    for uid in uids:
+        try:
+            structure = (
+                store.structure(sel.address, sel.folder, uid)
+                if with_structure
+                else None
+            )
+            body = store.fetch(sel.address, sel.folder, uid) if with_body else None
+        except MessageNotFoundError:
+            continue
+        out[uid] = (structure, body)
+    return out
 
 
 async def _infos(
