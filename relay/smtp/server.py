@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 # The end of data (RFC 5321 §4.1.1.4), found as ".<CRLF>" preceded by <CRLF>.
 _DOT_CRLF: Final = b".\r\n"
+# RFC 4954 §4: the longest AUTH command line a server must accept.
+MAX_AUTH_LINE: Final = 12288
 # RFC 3461 §4.2: ENVID at most 100 characters.
 MAX_ENVID_LENGTH: Final = 100
 NOTIFY_VALUES: Final = frozenset({"SUCCESS", "FAILURE", "DELAY"})
@@ -158,6 +160,11 @@ class RelayEnvelope(Envelope):
 class RelaySMTP(SMTP):
     """One SMTP connection on one of the relay's listeners."""
 
+    # RFC 4954 §4: an AUTH command line, and each SASL response line, may be
+    # 12,288 octets (bearer tokens are long); aiosmtpd's defaults are 512 per
+    # command and 1,001 per line. The stream limit is the line limit.
+    line_length_limit = MAX_AUTH_LINE + 2
+
     def __init__(
         self,
         handler: Any,  # noqa: ANN401 - aiosmtpd's own type
@@ -172,6 +179,7 @@ class RelaySMTP(SMTP):
         self.pending_mail = MailDsn()
         self.pending_rcpt = RcptDsn()
         super().__init__(handler, **kwargs)
+        self.command_size_limits["AUTH"] = MAX_AUTH_LINE
 
     def _create_session(self) -> Session:
         return RelaySession(self.loop, self.cid)

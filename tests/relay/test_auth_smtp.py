@@ -116,6 +116,24 @@ async def test_oauthbearer_with_a_good_token_logs_in_and_sends(
     assert ok["credential"] == "oauth"
 
 
+async def test_a_long_token_fits_in_the_auth_command_line(
+    auth_relay: AuthRelay,
+) -> None:
+    # RFC 4954 §4: up to 12,288 octets; provider tokens are often > 1 KB.
+    token = _token(auth_relay, key="rsa", roles=["x" * 40] * 60)
+    payload = oauthbearer(token, DOCTOR.address)
+    assert len(payload) > 3000
+
+    def send() -> int:
+        with _client(auth_relay) as c:
+            code, _ = c.auth(
+                "OAUTHBEARER", lambda _=None: payload.decode(), initial_response_ok=True
+            )
+            return code
+
+    assert await auth_relay.harness.run(send) == 235
+
+
 async def test_xoauth2_with_a_good_token_logs_in(auth_relay: AuthRelay) -> None:
     payload = xoauth2(_token(auth_relay, key="ec"), DOCTOR.address)
 
