@@ -14,6 +14,7 @@ way.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto as sslproto
 import contextlib
 import logging
 from dataclasses import dataclass, field
@@ -88,6 +89,18 @@ def quiet_protocol_traces() -> None:
         logger.addFilter(_no_protocol_traces)
 
 
+# asyncio allocates this read buffer for every TLS connection (256 KB in
+# CPython 3.11's sslproto). A TLS record holds at most 16 KB of data
+# (RFC 8446 §5.1), so 32 KB reads whole records; it keeps an idle IMAP or
+# SMTP session near 60 KB instead of 285 KB.
+TLS_READ_BUFFER: Final = 32 * 1024
+
+
+def small_tls_buffers() -> None:
+    """Use :data:`TLS_READ_BUFFER` for the TLS connections of this process."""
+    sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
+
+
 def load_master_key(cfg: Config) -> MasterKey:
     """The master key; created at the default place on first use (zero setup).
 
@@ -142,6 +155,7 @@ async def run_relay(
     data_dir = cfg.relay.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     quiet_protocol_traces()
+    small_tls_buffers()
     master = load_master_key(cfg)
     async with contextlib.AsyncExitStack() as stack:
         directory = await open_directory(cfg.directory)
