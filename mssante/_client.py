@@ -22,8 +22,11 @@ What must stay true:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import email.policy
+import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -51,6 +54,7 @@ from mssante.message import Report, Software, compose_message, make_message_id
 from mssante.proto.smtp import (
     Capabilities,
     Reply,
+    auth_oauthbearer,
     auth_plain,
     data_payload,
     ehlo,
@@ -74,6 +78,15 @@ MAX_ENVID: Final = 100
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _oauth_error(reply: Reply) -> str:
+    """The ``status`` of an RFC 7628 §3.2.2 error challenge, if readable."""
+    try:
+        data = json.loads(base64.b64decode(reply.text.strip(), validate=True))
+    except (ValueError, binascii.Error):
+        return ""
+    return str(data.get("status", "")) if isinstance(data, dict) else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +162,14 @@ class Client:
         client_name: str = "mssante-client",
         clock: Callable[[], datetime] = _now,
         imap_port: int | None = 993,
+        token: str | None = None,
     ) -> AsyncIterator[Client]:
         """Connect, secure, authenticate; yield the client; quit.
+
+        Authentication: ``token`` (an OpenID Connect access token, sent with
+        OAUTHBEARER; ``login`` is then the authorization identity, optional),
+        else ``login`` and ``password`` (PLAIN), else, with a client
+        certificate in ``tls``, EXTERNAL (APP mailboxes).
 
         Raises:
             ConnectError, TLSVerificationError, ResponseTimeoutError: transport.
@@ -177,16 +196,7 @@ class Client:
                     raise TLSVerificationError(f"{host}: STARTTLS refused: {reply}")
                 await conn.starttls(ctx)
                 caps = await cls._ehlo(conn, client_name, host)
-            if login is not None:
-                if password is None:
-                    raise ValueError("password: required with login")
-                if "PLAIN" not in caps.auth:
-                    raise AuthenticationError(f"{host}: AUTH PLAIN not offered", None)
-                reply = await conn.command(auth_plain(login, password))
-                if reply.code != 235:
-                    raise AuthenticationError(
-                        f"{host}: authentication refused: {reply}", reply
-                    )
+            await cls._authenticate(conn, caps, host, login, password, token, tls)
             client = cls(
                 _session=_Session(conn, caps, login, host, password, tls, imap_port),
                 software=software,
@@ -199,6 +209,44 @@ class Client:
                 await conn.command(b"QUIT\r\n", within=10)
         finally:
             await conn.close()
+
+    @staticmethod
+    async def _authenticate(
+        conn: SmtpConnection,
+        caps: Capabilities,
+        host: str,
+        login: str | None,
+        password: str | None,
+        token: str | None,
+        tls: TLSConfig,
+    ) -> None:
+        """AUTH with the credential given (RFC 4954): a bearer token
+        (OAUTHBEARER, RFC 7628), a password (PLAIN, RFC 4616), or the TLS
+        client certificate alone (EXTERNAL, RFC 4422 App. A)."""
+        if token is not None:
+            mechanism, line = "OAUTHBEARER", auth_oauthbearer(token, login)
+        elif login is not None:
+            if password is None:
+                raise ValueError("password: required with login")
+            mechanism, line = "PLAIN", auth_plain(login, password)
+        elif tls.client_cert is not None:
+            # "=" is the empty initial response: the identity is the certificate's.
+            mechanism, line = "EXTERNAL", b"AUTH EXTERNAL =\r\n"
+        else:
+            return
+        if mechanism not in caps.auth:
+            raise AuthenticationError(f"{host}: AUTH {mechanism} not offered", None)
+        reply = await conn.command(line)
+        if reply.code == 334 and mechanism == "OAUTHBEARER":
+            # RFC 7628 §3.2.3: the server sent its error JSON; answer with a
+            # single ^A to receive the final failure reply.
+            detail = _oauth_error(reply)
+            reply = await conn.command(b"AQ==\r\n")
+            raise AuthenticationError(
+                f"{host}: token refused: {detail or reply}", reply
+            )
+        if reply.code != 235:
+            raise AuthenticationError(f"{host}: authentication refused: {reply}", reply)
 
     @staticmethod
     async def _ehlo(conn: SmtpConnection, name: str, host: str) -> Capabilities:

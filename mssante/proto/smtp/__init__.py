@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mssante.proto.smtp._commands import (
     Capabilities,
+    auth_oauthbearer,
     auth_plain,
     data_payload,
     ehlo,
@@ -31,6 +32,7 @@ __all__ = [
     "RemoteProtocolError",
     "Reply",
     "ReplyReader",
+    "auth_oauthbearer",
     "auth_plain",
     "data_payload",
     "ehlo",

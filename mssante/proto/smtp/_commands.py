@@ -90,6 +90,19 @@ def auth_plain(login: str, password: str) -> bytes:
     return f"AUTH PLAIN {blob}\r\n".encode("ascii")
 
 
+def auth_oauthbearer(token: str, authzid: str | None = None) -> bytes:
+    """``AUTH OAUTHBEARER`` with its initial response (RFC 7628 §3.1)."""
+    if any(c in token for c in "\x01\r\n "):
+        raise ValueError("token: contains a separator")
+    gs2 = (
+        "n,a=" + authzid.replace("=", "=3D").replace(",", "=2C") + ","
+        if authzid
+        else "n,,"
+    )
+    blob = base64.b64encode(f"{gs2}\x01auth=Bearer {token}\x01\x01".encode()).decode()
+    return f"AUTH OAUTHBEARER {blob}\r\n".encode("ascii")
+
+
 def data_payload(message: bytes) -> bytes:
     """The message as sent after ``354``: CRLF line ends, dot-stuffed, terminated.
 
