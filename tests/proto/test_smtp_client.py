@@ -160,3 +160,17 @@ def test_data_payload_never_ends_early(body: bytes) -> None:
     assert payload.endswith(b"\r\n.\r\n")
     assert b"\r\n.\r\n" not in payload[:-3]
     assert b"\n" not in payload.replace(b"\r\n", b"")
+
+
+def test_oauthbearer_initial_response() -> None:
+    import base64
+
+    from mssante.proto.smtp import auth_oauthbearer
+
+    line = auth_oauthbearer("abc.def.ghi", "a=b,c@d.example")
+    assert line.startswith(b"AUTH OAUTHBEARER ")
+    blob = base64.b64decode(line.split()[2])
+    assert blob == b"n,a=a=3Db=2Cc@d.example,\x01auth=Bearer abc.def.ghi\x01\x01"
+    assert base64.b64decode(auth_oauthbearer("t").split()[2]).startswith(b"n,,\x01")
+    with pytest.raises(ValueError, match="token"):
+        auth_oauthbearer("bad token")
