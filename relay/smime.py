@@ -390,6 +390,17 @@ class RelaySmime:
                 reason=Reason.ADDRESS_MISMATCH,
                 detail="the certificate names neither the sender nor From",
             )
+        # The directory is the reference (issue 7: "against the sender's
+        # directory certificate"): when it lists signature certificates for
+        # the sender, the signer must be one of them; when it lists none, a
+        # valid IGC-Santé certificate naming the address is accepted.
+        listed = _certificates(sender_entry, CertificateUsage.SIGNATURE)
+        if listed and result.signer not in listed:
+            return dataclasses.replace(
+                result,
+                reason=Reason.UNTRUSTED,
+                detail="the signer is not a certificate the directory lists for the sender",
+            )
         return result
 
     def signer_address(

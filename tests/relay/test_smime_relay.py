@@ -193,6 +193,19 @@ async def test_signature_by_a_certificate_of_another_address_is_refused(
     assert event["reason"] == "address-mismatch"
 
 
+async def test_signer_not_listed_in_the_directory_for_the_sender_is_refused(
+    relay_smime: Harness, pki: TestPKI
+) -> None:
+    # A valid certificate naming the doctor, but not the one the directory
+    # lists for the doctor's signatures.
+    unlisted = pki.practitioner(DOCTOR.address, key="ec")
+    data = sign(message(DOCTOR.address, COLLEAGUE.address), unlisted, at=_now())
+    code, text = await relay_smime.run(lambda: _send(relay_smime, data))
+    assert (code, text.split()[0]) == (550, "5.7.5")
+    [event] = _events(relay_smime, "smime.verification.failed")
+    assert event["reason"] == "untrusted"
+
+
 async def test_warn_mode_delivers_with_the_failed_header(
     tmp_path: Path, tls_files: TlsFiles, smime_files: SmimeFiles
 ) -> None:
