@@ -37,11 +37,16 @@ class TraceLog:
         path: Path,
         *,
         retention: timedelta = timedelta(days=DEFAULT_TRACE_RETENTION_DAYS),
+        prune_on_open: bool = True,
     ) -> None:
+        """Open (create) the trace file; records past ``retention`` are
+        dropped now unless ``prune_on_open`` is False."""
         self.path = path
         self.retention = retention
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
+        if prune_on_open and path.exists():
+            self.prune(datetime.now(UTC))
 
     def record(self, event: str, *, at: datetime, **fields: object) -> None:
         row: dict[str, Any] = {"time": at.astimezone(UTC).isoformat(), "event": event}
