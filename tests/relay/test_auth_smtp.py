@@ -10,6 +10,7 @@ to 1,001, below the 12,288 RFC 4954 §4 allows AUTH (see docs/auth.md).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import smtplib
@@ -280,13 +281,41 @@ async def test_app_password_works_with_plain_and_login(auth_relay: AuthRelay) ->
         codes = []
         for mech in ("PLAIN", "LOGIN"):
             with _client(auth_relay) as c:
-                codes.append(c.login(DOCTOR.address, secret)[0])
-                assert mech
+                c.user, c.password = DOCTOR.address, secret
+                answer = c.auth_plain if mech == "PLAIN" else c.auth_login
+                codes.append(
+                    c.auth(mech, answer, initial_response_ok=mech == "PLAIN")[0]
+                )
         return codes
 
     assert await auth_relay.harness.run(login) == [235, 235]
     ok = _events(auth_relay, "auth.succeeded")[-1]
     assert (ok["credential"], ok["device"]) == ("app-password", "thunderbird")
+    assert ok["mechanism"] == "LOGIN"
+
+    # A foreign client, swaks, with the same app password.
+    host, port = auth_relay.harness.address("submission")
+    done = await asyncio.create_subprocess_exec(
+        "swaks",
+        "--server",
+        f"{host}:{port}",
+        "--tls",
+        "--tls-ca-path",
+        str(auth_relay.harness.ca_file),
+        "--auth",
+        "LOGIN",
+        "--auth-user",
+        DOCTOR.address,
+        "--auth-password",
+        secret,
+        "--quit-after",
+        "AUTH",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await done.communicate()
+    assert done.returncode == 0, out.decode()[-1500:]
+    assert b"235 2.7.0" in out
 
 
 async def test_production_refuses_main_password_of_a_practitioner_but_not_app_passwords(
