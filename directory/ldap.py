@@ -240,6 +240,7 @@ _FIELDS: Final[Mapping[Kind, tuple[tuple[str, str, Codec], ...]]] = {
 _DERIVED: Final[Mapping[Kind, tuple[str, ...]]] = {
     Kind.MAILBOX: ("mssCertificateFingerprint",),
     Kind.OPERATOR: ("mssCertificateSubjectDN",),
+    Kind.PATIENT: ("mssProxyAccount",),
 }
 _STATE_ATTRS: Final = [
     "mssKey",
@@ -297,6 +298,8 @@ def _derived(entry: Entry) -> dict[str, list[str]]:
         case Operator():
             dns = sorted({c.subject_dn for c in entry.certificates})
             return {"mssCertificateSubjectDN": dns}
+        case Patient():
+            return {"mssProxyAccount": sorted({g.account for g in entry.proxies})}
         case _:
             return {}
 
@@ -791,6 +794,17 @@ class LdapDirectory:
             "mailboxes_of", self._find, Kind.MAILBOX, _eq("mssOwnerId", owner)
         )
         return [e for e in found if isinstance(e, Mailbox)]
+
+    async def patients_with_proxy(self, account: str) -> list[Patient]:
+        if not account:
+            return []
+        found = await self._run(
+            "patients_with_proxy",
+            self._find,
+            Kind.PATIENT,
+            _eq("mssProxyAccount", account),
+        )
+        return [e for e in found if isinstance(e, Patient)]
 
     async def delegations(
         self, *, account: str | None = None, mailbox: str | None = None

@@ -220,6 +220,9 @@ class Directory(Protocol):
         self, *, account: str | None = None, mailbox: str | None = None
     ) -> list[Delegation]: ...
 
+    async def patients_with_proxy(self, account: str) -> list[Patient]:
+        """Patients whose entry grants ``account`` a proxy (any scope, any expiry)."""
+
     async def search(
         self, text: str, *, kind: Kind | None = None, limit: int = 50
     ) -> list[Entry]:

@@ -13,6 +13,8 @@ Storage layout (one file, ``directory.sqlite3`` in the data directory):
   substring search). Each derived column has an index.
 - ``certs``: certificate fingerprint -> mailbox address.
 - ``operator_dns``: normalised subject DN -> operator domain.
+- ``proxies``: account -> INS of each patient granting it a proxy (filled
+  for files made before it existed when they are opened).
 - ``meta``: small named values.
 
 Decoding: ``data`` was written here from a validated entry, so it is decoded
@@ -125,6 +127,12 @@ CREATE TABLE IF NOT EXISTS operator_dns (
     domain TEXT NOT NULL,
     PRIMARY KEY (dn, domain)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS proxies (
+    account TEXT NOT NULL,
+    ins TEXT NOT NULL,
+    PRIMARY KEY (account, ins)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS proxies_ins ON proxies(ins);
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -218,6 +226,28 @@ class SqliteDirectory:
         conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
         conn.executescript(_SCHEMA)
         self._conn = conn
+        self._index_proxies_once(conn)
+
+    def _index_proxies_once(self, conn: sqlite3.Connection) -> None:
+        """Fill ``proxies`` for a file written before the table existed."""
+        done = conn.execute(
+            "SELECT 1 FROM meta WHERE name='proxies_indexed'"
+        ).fetchone()
+        if done is not None:
+            return
+        patients = [
+            e
+            for e in self._select_on(
+                conn,
+                f"SELECT kind, {_ENTRY_COLUMNS} FROM entries WHERE kind='patient'",
+                (),
+            )
+            if isinstance(e, Patient)
+        ]
+        conn.execute("BEGIN IMMEDIATE")
+        self._index_side_tables(conn, patients, new=False)
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('proxies_indexed', '1')")
+        conn.execute("COMMIT")
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -384,6 +414,18 @@ class SqliteDirectory:
         )
         return [e for e in found if isinstance(e, Mailbox)]
 
+    async def patients_with_proxy(self, account: str) -> list[Patient]:
+        found = self._read(
+            lambda db: self._select_on(
+                db,
+                "SELECT e.kind, e.data, e.status, e.source FROM proxies p"
+                " JOIN entries e ON e.kind='patient' AND e.key=p.ins"
+                " WHERE p.account=? ORDER BY e.key",
+                (account,),
+            )
+        )
+        return [e for e in found if isinstance(e, Patient)]
+
     async def delegations(
         self, *, account: str | None = None, mailbox: str | None = None
     ) -> list[Delegation]:
@@ -485,6 +527,16 @@ class SqliteDirectory:
         """Certificates and operator DNs of ``entries``; ``new``: none stored yet."""
         mailboxes = [e for e in entries if isinstance(e, Mailbox)]
         operators = [e for e in entries if isinstance(e, Operator)]
+        patients = [e for e in entries if isinstance(e, Patient)]
+        if patients:
+            if not new:
+                db.executemany(
+                    "DELETE FROM proxies WHERE ins=?", [(p.ins,) for p in patients]
+                )
+            db.executemany(
+                "INSERT OR IGNORE INTO proxies (account, ins) VALUES (?,?)",
+                [(g.account, p.ins) for p in patients for g in p.proxies],
+            )
         if mailboxes:
             if not new:
                 db.executemany(

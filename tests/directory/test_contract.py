@@ -170,6 +170,41 @@ async def test_mailboxes_of_owner(directory: Directory) -> None:
     assert [m.address for m in org] == ["urgences@ch-paris-1.mssante.fr"]
 
 
+async def test_patients_with_proxy_follow_adds_and_replacements(
+    directory: Directory,
+) -> None:
+    import dataclasses
+
+    from directory.model import ProxyGrant, ProxyScope
+
+    first = samples.patient()  # grants aidant-1 a read proxy
+    second = samples.patient(
+        samples.INS_2,
+        proxies=(
+            ProxyGrant(
+                account="aidant-1", scope=ProxyScope.READ_REPLY, granted_at=samples.T0
+            ),
+            ProxyGrant(
+                account="aidant-2", scope=ProxyScope.READ, granted_at=samples.T0
+            ),
+        ),
+    )
+    await directory.add(first)
+    await directory.add(second)
+    assert [p.ins for p in await directory.patients_with_proxy("aidant-1")] == sorted(
+        [first.ins, second.ins]
+    )
+    assert [p.ins for p in await directory.patients_with_proxy("aidant-2")] == [
+        second.ins
+    ]
+    await directory.replace(dataclasses.replace(second, proxies=()))
+    assert [p.ins for p in await directory.patients_with_proxy("aidant-1")] == [
+        first.ins
+    ]
+    assert await directory.patients_with_proxy("aidant-2") == []
+    assert await directory.patients_with_proxy("") == []
+
+
 async def test_delegations_by_account_and_by_mailbox(directory: Directory) -> None:
     await directory.add(samples.delegation())
     await directory.add(samples.delegation("secretaire-2"))
