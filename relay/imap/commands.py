@@ -77,6 +77,7 @@ from relay.store import (
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+    from datetime import datetime
 
     from relay.accounts import Account, Outcome
     from relay.imap.server import ImapConnection
@@ -329,32 +330,55 @@ async def _access(c: ImapConnection, account: Account) -> Access:
         if d.active_at(now) and d.mailbox not in access.grants:
             writable = d.scope.value == "read-send"
             access.grants[d.mailbox] = Grant(d.mailbox, Via.DELEGATION, writable)
+    # Patients who made this account their proxy (caregiver): listed too.
+    try:
+        patients = await c.ctx.directory.patients_with_proxy(account.login)
+    except DirectoryError:
+        patients = []  # they stay reachable by name (_proxy_grant)
+    for patient in patients:
+        grant = _active_proxy(patient, account.login, now)
+        if (
+            grant is not None
+            and patient.address
+            and patient.address not in access.grants
+        ):
+            access.grants[patient.address] = Grant(patient.address, Via.PROXY, grant)
     for address in access.grants:
         await c.store(c.ctx.store.ensure_mailbox, address)
     return access
 
 
-async def _proxy_grant(c: ImapConnection, address: str) -> Grant | None:
-    """A patient's proxy grant for the logged-in account, looked up on use.
+def _active_proxy(patient: Patient, login: str, now: datetime) -> bool | None:
+    """None without an active grant for ``login``; else whether it may reply."""
+    if patient.status is not Status.ACTIVE:
+        return None
+    for grant in patient.proxies:
+        if grant.account == login and grant.active_at(now):
+            return grant.scope is ProxyScope.READ_REPLY
+    return None
 
-    The directory has no index from a proxy account to its patients, so a
-    proxy reaches a patient's mailbox by naming it (``Shared/<address>/INBOX``).
+
+async def _proxy_grant(c: ImapConnection, address: str) -> Grant | None:
+    """A patient's proxy grant for the logged-in account, checked on use.
+
+    Proxied mailboxes are listed at login (``patients_with_proxy``); a grant
+    added since is found here when the proxy names the mailbox
+    (``Shared/<address>/INBOX``).
     """
     assert c.access is not None  # noqa: S101 - authenticated state
     try:
         entry = await c.ctx.directory.resolve(address)
     except DirectoryError:
         return None
-    if not isinstance(entry, Patient) or entry.status is not Status.ACTIVE:
+    if not isinstance(entry, Patient):
         return None
-    now = c.ctx.clock()
-    for grant in entry.proxies:
-        if grant.account == c.access.account.login and grant.active_at(now):
-            g = Grant(address, Via.PROXY, grant.scope is ProxyScope.READ_REPLY)
-            c.access.grants[address] = g
-            await c.store(c.ctx.store.ensure_mailbox, address)
-            return g
-    return None
+    writable = _active_proxy(entry, c.access.account.login, c.ctx.clock())
+    if writable is None:
+        return None
+    g = Grant(address, Via.PROXY, writable)
+    c.access.grants[address] = g
+    await c.store(c.ctx.store.ensure_mailbox, address)
+    return g
 
 
 async def resolve(c: ImapConnection, name: str) -> Target:
