@@ -72,6 +72,7 @@ class RunningRelay:
     audit: AuditTrail
     spool: Spool
     delivery: LocalDelivery
+    threads: ThreadStore
     servers: list[asyncio.Server] = field(default_factory=list)
 
 
@@ -282,6 +283,7 @@ async def run_relay(
             audit=audit,
             spool=spool,
             delivery=delivery,
+            threads=threads,
         )
         listeners: list[
             tuple[str, Listener, Callable[[], RelaySMTP], ssl.SSLContext | None]

@@ -22,6 +22,8 @@ import asyncio
 import binascii
 import email.policy
 import email.utils
+import logging
+import traceback
 from base64 import b64decode
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
@@ -62,6 +64,8 @@ if TYPE_CHECKING:
     from relay.queue.spool import Spool
     from relay.smime import RelaySmime
     from relay.threads import ThreadStore
+
+log = logging.getLogger("mssante.relay.smtp")
 
 R421_LOCKED: Final = "454 4.7.0 Too many authentication failures, try again later"
 R535_INVALID: Final = "535 5.7.8 Authentication credentials invalid"
@@ -150,6 +154,25 @@ class RelayHandler:
 
     def __init__(self, ctx: HandlerContext) -> None:
         self._ctx = ctx
+
+    # -- any command ---------------------------------------------------------
+
+    async def handle_exception(self, error: Exception) -> str:
+        """The one boundary for what no hook expected: fail closed.
+
+        aiosmtpd would answer ``500`` with the exception's text, a permanent
+        refusal that may quote message data. We answer ``451 4.3.0`` (the
+        client tries again later) and log the exception's type and where it
+        was raised, never its text (it could hold health data).
+        """
+        frame = (
+            traceback.extract_tb(error.__traceback__)[-1:]
+            if error.__traceback__
+            else []
+        )
+        where = f"{frame[0].filename}:{frame[0].lineno}" if frame else "?"
+        log.error("SMTP command failed: %s at %s", type(error).__name__, where)
+        return str(policy.R451_LOCAL_ERROR)
 
     # -- EHLO ----------------------------------------------------------------
 

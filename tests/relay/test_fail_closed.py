@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from tests.support.ldap_fixtures import SlapdServer
-    from tests.support.relay_fixtures import TlsFiles
+    from tests.support.relay_fixtures import Harness, TlsFiles
 
 
 @pytest.mark.slapd
@@ -69,3 +69,33 @@ async def test_directory_outage_gives_451_and_nothing_is_accepted(
             assert failures
     finally:
         server.stop()
+
+
+async def test_an_unexpected_failure_is_a_temporary_451_without_details(
+    relay: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.relay.test_smtp import message
+    from tests.support.relay_fixtures import PATIENT, patient_address
+
+    # The thread store fails under the DATA hook (a closed database): nothing
+    # in the hook expects that.
+    relay.running.threads.close()
+    to = patient_address(PATIENT)
+
+    def send() -> tuple[int, bytes]:
+        import smtplib
+
+        with relay.submission() as c:
+            try:
+                c.sendmail(DOCTOR.address, [to], message(DOCTOR.address, to))
+            except smtplib.SMTPDataError as exc:
+                text = exc.smtp_error
+                return exc.smtp_code, text if isinstance(text, bytes) else text.encode()
+        return 250, b""
+
+    code, text = await relay.run(send)
+    assert (code, text[:5]) == (451, b"4.3.0")
+    assert b"Error" not in text
+    assert "ProgrammingError" in caplog.text
+    await relay.delivered()
+    assert relay.running.store.mailboxes() == []
