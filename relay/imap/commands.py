@@ -34,6 +34,7 @@ import binascii
 import logging
 import re
 import sqlite3
+import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -1257,6 +1258,20 @@ async def run_command(c: ImapConnection, cmd: imap.CommandReceived) -> None:
         status, text, code = imap.Status.NO, "Message unreadable", "CORRUPTION"
     except (StoreError, OSError, sqlite3.Error) as exc:
         log.error("imap %s: store failure: %s", cmd.name, exc, extra={"cid": c.cid})
+        status, text, code = imap.Status.NO, "Temporary failure", "UNAVAILABLE"
+    except Exception as exc:  # noqa: BLE001 - the per-command boundary
+        # What no command expected (a directory failure, a bug): the session
+        # goes on, the client may retry; the log says the type and the place,
+        # never the text (it could quote message data).
+        tb = traceback.extract_tb(exc.__traceback__)[-1:]
+        where = f"{tb[0].filename}:{tb[0].lineno}" if tb else "?"
+        log.error(
+            "imap %s failed: %s at %s",
+            cmd.name,
+            type(exc).__name__,
+            where,
+            extra={"cid": c.cid},
+        )
         status, text, code = imap.Status.NO, "Temporary failure", "UNAVAILABLE"
     if c.conn.state is not imap.State.LOGOUT:
         await flush_changes(c, expunge=cmd.uid or cmd.name not in _NO_EXPUNGE)
