@@ -94,7 +94,9 @@ async def test_proxy_reads_the_patients_mailbox_read_only(imap_relay: Harness) -
         name = f"Shared/{patient}/INBOX"
         # The proxied mailbox is listed, not only reachable by name.
         _, listed = c.list("Shared/", "*")
-        assert any(name.encode() in line for line in listed), listed
+        assert any(
+            isinstance(line, bytes) and name.encode() in line for line in listed
+        ), listed
         try:
             c.select(name)
             answered_read_only = False
