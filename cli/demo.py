@@ -225,7 +225,17 @@ def _connect_help(config: Config, passwords: dict[str, str], patient: str) -> st
         f"  submission STARTTLS  {smtp.submission.host}:{smtp.submission.port}\n"
         f"  submission TLS       {smtp.submissions.host}:{smtp.submissions.port}\n"
         f"  MX (operators)       {smtp.mx.host}:{smtp.mx.port}\n"
-        "Accounts (login / password), also in "
+        + (
+            f"  IMAP STARTTLS        {config.imap.plain.host}:{config.imap.plain.port}\n"
+            if config.imap.plain.enabled
+            else ""
+        )
+        + (
+            f"  IMAP TLS             {config.imap.implicit.host}:{config.imap.implicit.port}\n"
+            if config.imap.implicit.enabled
+            else ""
+        )
+        + "Accounts (login / password), also in "
         + str(config.relay.data_dir / DEMO_ACCOUNTS_FILE)
         + ":\n"
         + "".join(f"  {login} / {passwords[login]}\n" for login in passwords)
@@ -237,6 +247,13 @@ def _connect_help(config: Config, passwords: dict[str, str], patient: str) -> st
         f"  swaks --server {smtp.mx.host}:{smtp.mx.port} --tls --tls-ca-path {ca}"
         f" --tls-cert {tls_dir / 'operator-b.pem'} --tls-key {tls_dir / 'operator-b.key'}"
         f" --from dr.martin@{OTHER_OPERATOR_DOMAIN} --to {practitioner}\n"
+        + (
+            f"  curl --cacert {ca} --user '{patient}:{passwords[patient]}'"
+            f" 'imaps://{config.imap.implicit.host}:{config.imap.implicit.port}/INBOX;UID=1'\n"
+            if config.imap.implicit.enabled
+            else ""
+        )
+        + "  (or any IMAP client: Thunderbird, mutt, mbsync, with the CA above)\n"
     )
 
 
