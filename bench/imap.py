@@ -71,8 +71,12 @@ from bench.smtp import (
     REPO,
     BenchError,
     TlsFiles,
+    child_env,
     child_relay,
     free_port,
+    relay_port,
+    stop,
+    tail,
     write_tls,
 )
 
@@ -512,30 +516,6 @@ class Running:
     cheapen_logins: Callable[[], None] | None = None
 
 
-def _tail(path: Path, size: int = 2000) -> str:
-    try:
-        return path.read_text(errors="replace")[-size:]
-    except FileNotFoundError:
-        return "(no log)"
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _child_env() -> dict[str, str]:
-    path = os.environ.get("PYTHONPATH", "")
-    return dict(
-        os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{path}" if path else str(REPO)
-    )
-
-
 def _relay_toml(work: Path, tls: TlsFiles, *, cheap_logins: bool) -> Path:
     path = work / "relay.toml"
     path.write_text(
@@ -631,19 +611,6 @@ def seed_ours(config_path: Path, corpus: Corpus) -> dict[str, str]:
     return hashes
 
 
-def _relay_port(proc: subprocess.Popen[bytes], log: Path) -> int:
-    deadline = time.monotonic() + START_TIMEOUT
-    pattern = re.compile(r"IMAP \(implicit TLS\)\s+127\.0\.0\.1:(\d+)")
-    while time.monotonic() < deadline:
-        found = pattern.search(_tail(log, 10_000))
-        if found:
-            return int(found.group(1))
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    raise BenchError(f"the relay did not start: {_tail(log)}")
-
-
 @contextlib.contextmanager
 def ours(work: Path, config: Path, profile: Path | None) -> Iterator[Running]:
     log = work / "relay.log"
@@ -652,10 +619,10 @@ def ours(work: Path, config: Path, profile: Path | None) -> Iterator[Running]:
         argv.append(str(profile))
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env=_child_env(), cwd=REPO
+            argv, stdout=out, stderr=subprocess.STDOUT, env=child_env(), cwd=REPO
         )
     try:
-        port = _relay_port(proc, log)
+        port = relay_port(proc, log, "IMAP (implicit TLS)")
         started = time.monotonic()
         yield Running("ours", port, proc.pid)
         proc.send_signal(signal.SIGTERM)
@@ -667,9 +634,9 @@ def ours(work: Path, config: Path, profile: Path | None) -> Iterator[Running]:
             flush=True,
         )
     finally:
-        _stop(proc)
+        stop(proc)
     if proc.returncode != 0:
-        raise BenchError(f"relay exited with {proc.returncode}: {_tail(log)}")
+        raise BenchError(f"relay exited with {proc.returncode}: {tail(log)}")
 
 
 DOVECOT_BIN: Final = Path("/usr/sbin/dovecot")
@@ -845,13 +812,13 @@ def dovecot(
             if proc.poll() is not None:
                 raise BenchError(
                     f"dovecot exited with {proc.returncode}:"
-                    f" {_tail(work / 'dovecot.out')} {_tail(log)}"
+                    f" {tail(work / 'dovecot.out')} {tail(log)}"
                 )
             with contextlib.suppress(OSError):
                 socket.create_connection((HOST, port), 1).close()
                 break
             if time.monotonic() > deadline:
-                raise BenchError(f"dovecot does not listen: {_tail(log)}")
+                raise BenchError(f"dovecot does not listen: {tail(log)}")
             time.sleep(0.05)
 
         def cheapen_logins() -> None:
@@ -871,7 +838,7 @@ def dovecot(
 
         yield Running("dovecot", port, proc.pid, cheapen_logins)
     finally:
-        _stop(proc, 30)
+        stop(proc, 30)
         out.close()
 
 

@@ -281,21 +281,21 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise BenchError(f"server exited with {proc.returncode}: {_tail(log)}")
+            raise BenchError(f"server exited with {proc.returncode}: {tail(log)}")
         with contextlib.suppress(OSError), socket.create_connection((HOST, port), 1):
             return
         time.sleep(0.05)
-    raise BenchError(f"nothing listens on {HOST}:{port}: {_tail(log)}")
+    raise BenchError(f"nothing listens on {HOST}:{port}: {tail(log)}")
 
 
-def _tail(path: Path, size: int = 2000) -> str:
+def tail(path: Path, size: int = 2000) -> str:
     try:
         return path.read_text(errors="replace")[-size:]
     except FileNotFoundError:
         return "(no log)"
 
 
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+def stop(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -305,7 +305,7 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
             proc.wait()
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     path = os.environ.get("PYTHONPATH", "")
     return dict(
         os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{path}" if path else str(REPO)
@@ -453,11 +453,11 @@ def ours(
         argv.append(str(profile))
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env=_child_env(), cwd=REPO
+            argv, stdout=out, stderr=subprocess.STDOUT, env=child_env(), cwd=REPO
         )
     spool = work / "data" / "spool"
     try:
-        port = _relay_port(proc, log)
+        port = relay_port(proc, log)
 
         def spool_empty(expected: int) -> bool:
             # Every acknowledged message was in the spool before its 250.
@@ -477,24 +477,29 @@ def ours(
             flush=True,
         )
     finally:
-        _stop(proc)
+        stop(proc)
     if proc.returncode != 0:
-        raise BenchError(f"relay exited with {proc.returncode}: {_tail(log)}")
+        raise BenchError(f"relay exited with {proc.returncode}: {tail(log)}")
 
 
-def _relay_port(proc: subprocess.Popen[bytes], log: Path) -> int:
+def relay_port(
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    listener: str = "SMTP submission (STARTTLS)",
+) -> int:
+    """The port ``mssante serve`` printed for ``listener`` in its log."""
     import re
 
     deadline = time.monotonic() + START_TIMEOUT
-    pattern = re.compile(r"SMTP submission \(STARTTLS\)\s+127\.0\.0\.1:(\d+)")
+    pattern = re.compile(re.escape(listener) + r"\s+127\.0\.0\.1:(\d+)")
     while time.monotonic() < deadline:
-        found = pattern.search(_tail(log, 10_000))
+        found = pattern.search(tail(log, 10_000))
         if found:
             return int(found.group(1))
         if proc.poll() is not None:
             break
         time.sleep(0.05)
-    raise BenchError(f"the relay did not start: {_tail(log)}")
+    raise BenchError(f"the relay did not start: {tail(log)}")
 
 
 def child_relay(config: str, profile: str | None) -> int:
@@ -542,7 +547,7 @@ def sink(work: Path, tls: TlsFiles) -> Iterator[Running]:
         _wait_listening(port, proc, log)
         yield Running(Target("sink", HOST, port, auth=False), lambda _: True)
     finally:
-        _stop(proc, 10)
+        stop(proc, 10)
 
 
 # Postfix
@@ -608,7 +613,7 @@ def _postfix(config_dir: Path, log: Path, *args: str) -> None:
     )
     if done.returncode != 0:
         raise BenchError(
-            f"postfix {' '.join(args)} failed ({done.returncode}): {_tail(log)}"
+            f"postfix {' '.join(args)} failed ({done.returncode}): {tail(log)}"
         )
 
 
@@ -700,7 +705,7 @@ def _wait_listening_any(port: int, log: Path) -> None:
         with contextlib.suppress(OSError), socket.create_connection((HOST, port), 1):
             return
         time.sleep(0.05)
-    raise BenchError(f"postfix does not listen on {HOST}:{port}: {_tail(log)}")
+    raise BenchError(f"postfix does not listen on {HOST}:{port}: {tail(log)}")
 
 
 # --- measurement ----------------------------------------------------------------
