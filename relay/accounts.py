@@ -938,15 +938,7 @@ class Authenticator:
         verdict = self.throttle.check(login, attempt.peer)
         if verdict is ThrottleVerdict.ALLOWED:
             return None
-        self._audit.emit(
-            AuditEvent.AUTH_LOCKED,
-            cid=attempt.cid,
-            actor=login,
-            peer=attempt.peer,
-            protocol=attempt.protocol,
-            mechanism=attempt.sasl,
-            reason=verdict.value,
-        )
+        self._record(AuditEvent.AUTH_LOCKED, attempt, login, reason=verdict.value)
         await asyncio.sleep(self.throttle.delay(login, attempt.peer))
         return Outcome(refusal=Refusal.LOCKED)
 
@@ -959,25 +951,9 @@ class Authenticator:
         problem: TokenProblem | None = None,
     ) -> Outcome:
         verdict = self.throttle.failed(login, attempt.peer)
-        self._audit.emit(
-            AuditEvent.AUTH_FAILED,
-            cid=attempt.cid,
-            actor=login,
-            peer=attempt.peer,
-            protocol=attempt.protocol,
-            mechanism=attempt.sasl,
-            reason=reason,
-        )
+        self._record(AuditEvent.AUTH_FAILED, attempt, login, reason=reason)
         if verdict is not ThrottleVerdict.ALLOWED:
-            self._audit.emit(
-                AuditEvent.AUTH_LOCKED,
-                cid=attempt.cid,
-                actor=login,
-                peer=attempt.peer,
-                protocol=attempt.protocol,
-                mechanism=attempt.sasl,
-                reason=verdict.value,
-            )
+            self._record(AuditEvent.AUTH_LOCKED, attempt, login, reason=verdict.value)
         await asyncio.sleep(self.throttle.delay(login, attempt.peer))
         return Outcome(refusal=Refusal.INVALID, token_problem=problem)
 
@@ -990,15 +966,26 @@ class Authenticator:
         device: str | None = None,
     ) -> Outcome:
         self.throttle.succeeded(account.login)
-        self._audit.emit(
+        self._record(
             AuditEvent.AUTH_SUCCEEDED,
-            cid=attempt.cid,
-            actor=account.login,
-            peer=attempt.peer,
-            protocol=attempt.protocol,
-            mechanism=attempt.sasl,
+            attempt,
+            account.login,
             credential=mechanism.value,
             device=device,
             tls=attempt.tls,
         )
         return Outcome(account=account, mechanism=mechanism)
+
+    def _record(
+        self, event: AuditEvent, attempt: Attempt, login: str, **fields: object
+    ) -> None:
+        """One auth audit record: who, from where, how, and ``fields``."""
+        self._audit.emit(
+            event,
+            cid=attempt.cid,
+            actor=login,
+            peer=attempt.peer,
+            protocol=attempt.protocol,
+            mechanism=attempt.sasl,
+            **fields,
+        )
