@@ -16,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import asyncio.sslproto as sslproto
 import contextlib
+import dataclasses
+import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -37,7 +40,7 @@ from relay.queue.deliver import LocalDelivery
 from relay.queue.notices import success_notices
 from relay.queue.spool import Spool
 from relay.smime import RelaySmime
-from relay.smtp.handler import HandlerContext, RelayHandler
+from relay.smtp.handler import Deliveries, HandlerContext, RelayHandler
 from relay.smtp.server import RelaySMTP
 from relay.store import MailStore, MasterKey
 from relay.threads import ThreadStore
@@ -55,6 +58,9 @@ log = logging.getLogger("mssante.relay")
 # How long shutdown waits for queued deliveries (they resume at next start).
 DEFAULT_DRAIN_TIMEOUT: Final = 10.0
 STORE_DIR_NAME: Final = "mail"
+# With acceptor processes, how often the relay looks for their spool files.
+SPOOL_POLL_INTERVAL: Final = 0.02
+ACCEPTOR_START_TIMEOUT: Final = 60.0
 
 
 class RelayError(Exception):
@@ -131,11 +137,18 @@ async def _listen(
     listener: Listener,
     factory: Callable[[], RelaySMTP],
     ssl_context: ssl.SSLContext | None,
+    *,
+    reuse_port: bool = False,
 ) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     try:
         return await loop.create_server(
-            factory, listener.host, listener.port, ssl=ssl_context, reuse_address=True
+            factory,
+            listener.host,
+            listener.port,
+            ssl=ssl_context,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
         )
     except OSError as exc:
         raise RelayError(
@@ -144,20 +157,90 @@ async def _listen(
 
 
 @contextlib.asynccontextmanager
-async def run_relay(
+async def _acceptor_processes(
+    cfg: Config, count: int, addresses: dict[str, tuple[str, int]]
+) -> AsyncIterator[None]:
+    """Start ``count`` acceptor processes on the SMTP ports the relay bound.
+
+    Each prints ``ready`` once it listens; the relay waits for that, and at
+    exit sends SIGTERM and waits for them to finish their transactions.
+    """
+    ports = json.dumps({name: port for name, (_, port) in addresses.items()})
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        for _ in range(count):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "relay.acceptor",
+                str(cfg.source),
+                ports,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            procs.append(proc)
+        for proc in procs:
+            assert proc.stdout is not None  # noqa: S101 - PIPE above
+            async with asyncio.timeout(ACCEPTOR_START_TIMEOUT):
+                line = await proc.stdout.readline()
+            if line.strip() != b"ready":
+                raise RelayError("smtp.processes: an acceptor process did not start")
+        yield
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.terminate()
+        for proc in procs:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(cfg.smtp.timeout):
+                    await proc.wait()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+class SpoolOnly:
+    """An acceptor process announces nothing: the relay polls the spool."""
+
+    def submit(self, queue_id: str) -> None:
+        del queue_id
+
+
+@dataclass(slots=True)
+class Acceptance:
+    """What accepting SMTP needs, opened from the config (see :func:`accepting`)."""
+
+    directory: Directory
+    accounts: AccountStore
+    audit: AuditTrail
+    threads: ThreadStore
+    spool: Spool
+    smime: RelaySmime | None
+    authenticator: Authenticator
+    addresses: dict[str, tuple[str, int]]
+    servers: list[asyncio.Server]
+    plain_ctx: ssl.SSLContext
+    throttle: LoginThrottle
+
+
+@contextlib.asynccontextmanager
+async def accepting(
     cfg: Config,
+    master: MasterKey,
+    deliveries: Callable[[Acceptance], Deliveries],
     *,
-    clock: Callable[[], datetime] = _now,
-    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
-) -> AsyncIterator[RunningRelay]:
-    """Start the relay described by ``cfg``; stop it when the block exits."""
-    if cfg.tls is None:
-        raise RelayError("tls: the [tls] table is required to serve")
+    clock: Callable[[], datetime],
+    ports: dict[str, int] | None = None,
+    reuse_port: bool = False,
+) -> AsyncIterator[Acceptance]:
+    """Open the acceptance side and listen on the SMTP ports.
+
+    ``ports`` overrides the configured ports by listener name (acceptor
+    processes take the ports the relay bound); ``reuse_port`` lets several
+    processes listen on the same ports (``SO_REUSEPORT``: the kernel spreads
+    the connections).
+    """
+    assert cfg.tls is not None  # noqa: S101 - checked by the callers
     data_dir = cfg.relay.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    quiet_protocol_traces()
-    small_tls_buffers()
-    master = load_master_key(cfg)
     async with contextlib.AsyncExitStack() as stack:
         directory = await open_directory(cfg.directory)
         stack.push_async_callback(directory.close)
@@ -167,10 +250,7 @@ async def run_relay(
         stack.callback(audit.close)
         threads = ThreadStore.open(data_dir, master.derive("threads"))
         stack.callback(threads.close)
-        store = MailStore.open(data_dir / STORE_DIR_NAME, master)
-        stack.callback(store.close)
         spool = Spool.open(data_dir, master.derive("spool"))
-        local = local_domains(cfg)
         smime = (
             RelaySmime(
                 cfg.smime, data_dir=data_dir, hostname=cfg.relay.hostname, audit=audit
@@ -178,18 +258,6 @@ async def run_relay(
             if cfg.smime is not None
             else None
         )
-        delivery = LocalDelivery(
-            spool=spool,
-            store=store,
-            audit=audit,
-            is_local=local.is_local,
-            clock=clock,
-            success_notice=success_notices(cfg.relay.hostname, clock),
-            protection=smime,
-            directory=directory,
-        )
-        delivery.start()
-        stack.push_async_callback(delivery.stop)
         throttle = LoginThrottle(
             max_failures=cfg.auth.max_failures,
             max_failures_per_peer=cfg.auth.max_failures_per_peer,
@@ -205,6 +273,25 @@ async def run_relay(
             mechanisms=cfg.auth.mechanisms,
             tokens=verifier_for(cfg.auth.oauth) if cfg.auth.oauth else None,
         )
+        # SASL EXTERNAL: submission and IMAP ask for a client certificate
+        # (verified against the trust anchors) when some account kind uses it.
+        plain_ctx = server_context(
+            cfg.tls,
+            ask_client_certificate=authenticator.offers(Mechanism.EXTERNAL),
+        )
+        acceptance = Acceptance(
+            directory=directory,
+            accounts=accounts,
+            audit=audit,
+            threads=threads,
+            spool=spool,
+            smime=smime,
+            authenticator=authenticator,
+            addresses={},
+            servers=[],
+            plain_ctx=plain_ctx,
+            throttle=throttle,
+        )
         ctx = HandlerContext(
             directory=directory,
             accounts=accounts,
@@ -212,93 +299,167 @@ async def run_relay(
             audit=audit,
             spool=spool,
             threads=threads,
-            delivery=delivery,
-            local=local,
+            delivery=deliveries(acceptance),
+            local=local_domains(cfg),
             hostname=cfg.relay.hostname,
             auth_failure_delay=cfg.auth.failure_delay,
             clock=clock,
             smime=smime,
             authenticator=authenticator,
         )
-        handler = RelayHandler(ctx)
-        # SASL EXTERNAL: submission and IMAP ask for a client certificate
-        # (verified against the trust anchors) when some account kind uses it.
-        plain_ctx = server_context(
-            cfg.tls,
-            ask_client_certificate=authenticator.offers(Mechanism.EXTERNAL),
+        await _smtp_listeners(cfg, RelayHandler(ctx), acceptance, ports, reuse_port)
+        try:
+            yield acceptance
+        finally:
+            for server in acceptance.servers:
+                server.close()
+            for server in acceptance.servers:
+                await server.wait_closed()
+
+
+async def _smtp_listeners(
+    cfg: Config,
+    handler: RelayHandler,
+    acceptance: Acceptance,
+    ports: dict[str, int] | None,
+    reuse_port: bool,
+) -> None:
+    assert cfg.tls is not None  # noqa: S101 - checked by the callers
+    plain_ctx = acceptance.plain_ctx
+    mx_ctx = (
+        server_context(cfg.tls, ask_client_certificate=True)
+        if cfg.smtp.mx.enabled
+        else None
+    )
+    smtp = cfg.smtp
+    all_sasl = sorted({n for names in SASL_MECHANISMS.values() for n in names})
+    offered = acceptance.authenticator.sasl_names()
+    common: dict[str, Any] = {
+        # Only the mechanisms some account kind may use are advertised.
+        "auth_exclude_mechanism": [n for n in all_sasl if n not in offered],
+        "hostname": cfg.relay.hostname,
+        "data_size_limit": cfg.relay.max_message_size,
+        "enable_SMTPUTF8": True,
+        "timeout": smtp.timeout,
+    }
+
+    def submission() -> RelaySMTP:
+        return RelaySMTP(
+            handler,
+            channel=policy.Channel.SUBMISSION,
+            tls_context=plain_ctx,
+            require_starttls=True,
+            auth_require_tls=True,
+            **common,
         )
-        mx_ctx = (
-            server_context(cfg.tls, ask_client_certificate=True)
-            if cfg.smtp.mx.enabled
-            else None
+
+    def submissions() -> RelaySMTP:
+        # Implicit TLS (RFC 8314): the whole session is TLS, so AUTH is
+        # offered at once; aiosmtpd only knows STARTTLS as "TLS".
+        return RelaySMTP(
+            handler,
+            channel=policy.Channel.SUBMISSION,
+            implicit_tls=True,
+            auth_require_tls=False,
+            **common,
         )
-        smtp = cfg.smtp
-        all_sasl = sorted({n for names in SASL_MECHANISMS.values() for n in names})
-        offered = authenticator.sasl_names()
-        common: dict[str, Any] = {
-            # Only the mechanisms some account kind may use are advertised.
-            "auth_exclude_mechanism": [n for n in all_sasl if n not in offered],
-            "hostname": cfg.relay.hostname,
-            "data_size_limit": cfg.relay.max_message_size,
-            "enable_SMTPUTF8": True,
-            "timeout": smtp.timeout,
-        }
 
-        def submission() -> RelaySMTP:
-            return RelaySMTP(
-                handler,
-                channel=policy.Channel.SUBMISSION,
-                tls_context=plain_ctx,
-                require_starttls=True,
-                auth_require_tls=True,
-                **common,
+    def mx() -> RelaySMTP:
+        return RelaySMTP(
+            handler,
+            channel=policy.Channel.MX,
+            tls_context=mx_ctx,
+            require_starttls=True,
+            # No AUTH on MX: operators are known by their certificate.
+            **{**common, "auth_exclude_mechanism": all_sasl},
+        )
+
+    listeners: list[
+        tuple[str, Listener, Callable[[], RelaySMTP], ssl.SSLContext | None]
+    ] = []
+    if smtp.submission.enabled:
+        listeners.append(("submission", smtp.submission, submission, None))
+    if smtp.submissions.enabled:
+        listeners.append(("submissions", smtp.submissions, submissions, plain_ctx))
+    if smtp.mx.enabled:
+        listeners.append(("mx", smtp.mx, mx, None))
+    for name, listener, factory, implicit in listeners:
+        if ports is not None:
+            listener = dataclasses.replace(listener, port=ports[name])
+        server = await _listen(name, listener, factory, implicit, reuse_port=reuse_port)
+        acceptance.servers.append(server)
+        host, port = server.sockets[0].getsockname()[:2]
+        acceptance.addresses[name] = (host, port)
+
+
+@contextlib.asynccontextmanager
+async def run_relay(
+    cfg: Config,
+    *,
+    clock: Callable[[], datetime] = _now,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+) -> AsyncIterator[RunningRelay]:
+    """Start the relay described by ``cfg``; stop it when the block exits."""
+    if cfg.tls is None:
+        raise RelayError("tls: the [tls] table is required to serve")
+    processes = cfg.smtp.processes
+    if processes > 1 and cfg.source is None:
+        raise RelayError("smtp.processes: more than one needs a config file")
+    data_dir = cfg.relay.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    quiet_protocol_traces()
+    small_tls_buffers()
+    master = load_master_key(cfg)
+    async with contextlib.AsyncExitStack() as stack:
+        store = MailStore.open(data_dir / STORE_DIR_NAME, master)
+        stack.callback(store.close)
+        local = local_domains(cfg)
+        made: list[LocalDelivery] = []
+
+        def local_delivery(acceptance: Acceptance) -> LocalDelivery:
+            delivery = LocalDelivery(
+                spool=acceptance.spool,
+                store=store,
+                audit=acceptance.audit,
+                is_local=local.is_local,
+                clock=clock,
+                success_notice=success_notices(cfg.relay.hostname, clock),
+                protection=acceptance.smime,
+                directory=acceptance.directory,
             )
+            made.append(delivery)
+            return delivery
 
-        def submissions() -> RelaySMTP:
-            # Implicit TLS (RFC 8314): the whole session is TLS, so AUTH is
-            # offered at once; aiosmtpd only knows STARTTLS as "TLS".
-            return RelaySMTP(
-                handler,
-                channel=policy.Channel.SUBMISSION,
-                implicit_tls=True,
-                auth_require_tls=False,
-                **common,
+        acceptance = await stack.enter_async_context(
+            accepting(
+                cfg, master, local_delivery, clock=clock, reuse_port=processes > 1
             )
-
-        def mx() -> RelaySMTP:
-            return RelaySMTP(
-                handler,
-                channel=policy.Channel.MX,
-                tls_context=mx_ctx,
-                require_starttls=True,
-                # No AUTH on MX: operators are known by their certificate.
-                **{**common, "auth_exclude_mechanism": all_sasl},
-            )
-
+        )
+        [delivery] = made
+        # Acceptor processes write to the spool; the relay looks at it often.
+        delivery.start(poll_interval=SPOOL_POLL_INTERVAL if processes > 1 else None)
+        stack.push_async_callback(delivery.stop)
+        directory = acceptance.directory
+        accounts = acceptance.accounts
+        audit = acceptance.audit
+        spool = acceptance.spool
+        throttle = acceptance.throttle
+        authenticator = acceptance.authenticator
+        plain_ctx = acceptance.plain_ctx
         running = RunningRelay(
-            addresses={},
+            addresses=dict(acceptance.addresses),
             directory=directory,
             accounts=accounts,
             store=store,
             audit=audit,
             spool=spool,
             delivery=delivery,
-            threads=threads,
+            threads=acceptance.threads,
         )
-        listeners: list[
-            tuple[str, Listener, Callable[[], RelaySMTP], ssl.SSLContext | None]
-        ] = []
-        if smtp.submission.enabled:
-            listeners.append(("submission", smtp.submission, submission, None))
-        if smtp.submissions.enabled:
-            listeners.append(("submissions", smtp.submissions, submissions, plain_ctx))
-        if smtp.mx.enabled:
-            listeners.append(("mx", smtp.mx, mx, None))
-        for name, listener, factory, implicit in listeners:
-            server = await _listen(name, listener, factory, implicit)
-            running.servers.append(server)
-            host, port = server.sockets[0].getsockname()[:2]
-            running.addresses[name] = (host, port)
+        if processes > 1:
+            await stack.enter_async_context(
+                _acceptor_processes(cfg, processes - 1, acceptance.addresses)
+            )
         # IMAP (issue 5): "imap" is STARTTLS (143), "imaps" implicit TLS (993).
         imap_ctx = ImapContext(
             store=store,
@@ -370,7 +531,8 @@ async def run_relay(
         try:
             yield running
         finally:
-            for server in running.servers:
+            # Stop accepting first (SMTP and IMAP), then let deliveries drain.
+            for server in [*acceptance.servers, *running.servers]:
                 server.close()
             for imap_handler in imap_handlers:
                 await imap_handler.close_connections()

@@ -161,7 +161,13 @@ class SmtpSettings:
     )
     mx: Listener = field(default_factory=lambda: Listener(host="127.0.0.1", port=25))
     timeout: float = DEFAULT_SMTP_TIMEOUT
+    # Processes accepting SMTP on the same ports (SO_REUSEPORT): the relay
+    # itself and processes - 1 acceptors (relay.acceptor). One Python
+    # process uses one core for its Python code; more processes use more.
+    processes: int = 1
 
+
+MAX_SMTP_PROCESSES: Final = 64
 
 # RFC 3501 §5.4: an IMAP autologout timer is at least 30 minutes.
 DEFAULT_IMAP_TIMEOUT: Final = 30 * 60.0
@@ -457,7 +463,10 @@ def _smtp(t: _Table | None) -> SmtpSettings:
         submissions=_listener(t.table("submissions"), default.submissions),
         mx=_listener(t.table("mx"), default.mx),
         timeout=t.number("timeout", DEFAULT_SMTP_TIMEOUT),
+        processes=t.integer("processes", 1, minimum=1),
     )
+    if settings.processes > MAX_SMTP_PROCESSES:
+        raise ConfigError(f"smtp.processes: at most {MAX_SMTP_PROCESSES}")
     t.done()
     return settings
 

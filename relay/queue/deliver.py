@@ -102,14 +102,31 @@ class LocalDelivery:
             self._queued.add(queue_id)
             self._queue.put_nowait(queue_id)
 
-    def start(self) -> None:
-        """Queue what the spool holds, then start the workers."""
-        for queue_id in self._spool.pending():
-            self.submit(queue_id)
+    def start(self, *, poll_interval: float | None = None) -> None:
+        """Queue what the spool holds, then start the workers.
+
+        ``poll_interval``: also look at the spool that often, for messages
+        other processes wrote (the SMTP acceptor processes).
+        """
+        self._queue_new_spool_files()
         self._tasks = [
             asyncio.create_task(self._work(), name=f"delivery-{n}")
             for n in range(self._workers)
         ]
+        if poll_interval is not None:
+            self._tasks.append(
+                asyncio.create_task(self._poll(poll_interval), name="delivery-poll")
+            )
+
+    def _queue_new_spool_files(self) -> None:
+        for queue_id in self._spool.pending():
+            if queue_id not in self._retries:  # those wait for their backoff
+                self.submit(queue_id)
+
+    async def _poll(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self._queue_new_spool_files()
 
     async def drain(self, *, within: float) -> bool:
         """Wait until the queue is empty; True if it emptied ``within`` seconds."""

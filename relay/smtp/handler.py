@@ -27,7 +27,7 @@ import traceback
 from base64 import b64decode
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from aiosmtpd.smtp import MISSING, AuthResult
 
@@ -60,7 +60,6 @@ if TYPE_CHECKING:
     from relay.accounts import AccountStore, Authenticator, LoginThrottle, Outcome
     from relay.audit import AuditTrail
     from relay.oauth import BearerResponse
-    from relay.queue.deliver import LocalDelivery
     from relay.queue.spool import Spool
     from relay.smime import RelaySmime
     from relay.threads import ThreadStore
@@ -78,6 +77,13 @@ R553_BAD_ADDRESS: Final = policy.Reply(553, "5.1.3", "Address syntax rejected")
 R554_NO_FROM: Final = policy.Reply(554, "5.6.0", "Message has no valid From header")
 
 
+class Deliveries(Protocol):
+    """Where an accepted message is announced: the relay's local delivery, or
+    nothing in an acceptor process (the relay polls the spool)."""
+
+    def submit(self, queue_id: str) -> None: ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HandlerContext:
     """Everything the hooks need; built by :mod:`relay.app`."""
@@ -88,7 +94,7 @@ class HandlerContext:
     audit: AuditTrail
     spool: Spool
     threads: ThreadStore
-    delivery: LocalDelivery
+    delivery: Deliveries
     local: policy.LocalDomains
     hostname: str
     auth_failure_delay: float

@@ -64,6 +64,14 @@ def test_secret_path_is_not_shown_in_repr(tmp_path: Path) -> None:
             "directory.backend: 'mongo' is not one of sqlite, ldap",
         ),
         (
+            '[relay]\ndata_dir = "d"\ndomain = "x.example"\n[smtp]\nprocesses = 0\n',
+            "smtp.processes: must be at least 1",
+        ),
+        (
+            '[relay]\ndata_dir = "d"\ndomain = "x.example"\n[smtp]\nprocesses = 65\n',
+            "smtp.processes: at most 64",
+        ),
+        (
             '[relay]\ndata_dir = "d"\ndomain = "x.example"\n[directory]\nbackend = "ldap"\n',
             "directory.ldap: missing table",
         ),

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 _SUBMISSION = re.compile(r"SMTP submission \(STARTTLS\)\s+127\.0\.0\.1:(\d+)")
 
 
-def write_config(tmp_path: Path, tls: Path) -> Path:
+def write_config(tmp_path: Path, tls: Path, *, processes: int = 1) -> Path:
     path = tmp_path / "serve.toml"
     path.write_text(
         f"""
@@ -33,6 +33,9 @@ local_domains = ["mssante.example", "patient.mssante.example", "medecin.mssante.
 cert_file = "{tls / "server.pem"}"
 key_file = "{tls / "server.key"}"
 trust_anchors_file = "{tls / "ca.pem"}"
+
+[smtp]
+processes = {processes}
 
 [smtp.submission]
 port = 0
