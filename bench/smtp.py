@@ -334,7 +334,9 @@ argon2_parallelism = 1
 """
 
 
-def _relay_toml(work: Path, tls: TlsFiles, *, cheap_logins: bool) -> Path:
+def _relay_toml(
+    work: Path, tls: TlsFiles, *, cheap_logins: bool, processes: int = 1
+) -> Path:
     path = work / "relay.toml"
     path.write_text(
         f"""
@@ -347,6 +349,9 @@ local_domains = ["{SENDER_DOMAIN}", "{RECIPIENT_DOMAIN}"]
 cert_file = "{tls.cert}"
 key_file = "{tls.key}"
 trust_anchors_file = "{tls.ca}"
+
+[smtp]
+processes = {processes}
 
 [smtp.submission]
 host = "{HOST}"
@@ -443,9 +448,10 @@ def ours(
     profile: Path | None,
     *,
     cheap_logins: bool = False,
+    processes: int = 1,
 ) -> Iterator[Running]:
     work.mkdir(parents=True, exist_ok=True)
-    config = _relay_toml(work, tls, cheap_logins=cheap_logins)
+    config = _relay_toml(work, tls, cheap_logins=cheap_logins, processes=processes)
     asyncio.run(_seed(config, party_list))
     log = work / "relay.log"
     argv = [sys.executable, "-m", "bench.smtp", "--child", "relay", str(config)]
@@ -951,7 +957,12 @@ def _run_one(
         return results
     profile = where / "relay.prof" if args.profile else None
     with ours(
-        where, tls, party_list, profile, cheap_logins=args.cheap_logins
+        where,
+        tls,
+        party_list,
+        profile,
+        cheap_logins=args.cheap_logins,
+        processes=args.processes,
     ) as running:
         results = measure_server(
             running, tls, party_list, counts, run_tag, args.timeout
@@ -992,6 +1003,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--profile", action="store_true", help="run ours under cProfile; print the top"
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="ours: [smtp] processes (SMTP acceptor processes on the same port)",
     )
     p.add_argument(
         "--cheap-logins",
