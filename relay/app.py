@@ -294,15 +294,12 @@ async def accepting(
         )
         ctx = HandlerContext(
             directory=directory,
-            accounts=accounts,
-            throttle=throttle,
             audit=audit,
             spool=spool,
             threads=threads,
             delivery=deliveries(acceptance),
             local=local_domains(cfg),
             hostname=cfg.relay.hostname,
-            auth_failure_delay=cfg.auth.failure_delay,
             clock=clock,
             smime=smime,
             authenticator=authenticator,

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
     from directory.model import Delegation
     from directory.protocol import Directory
-    from relay.accounts import AccountStore, Authenticator, LoginThrottle, Outcome
+    from relay.accounts import Authenticator, Outcome
     from relay.audit import AuditTrail
     from relay.oauth import BearerResponse
     from relay.queue.spool import Spool
@@ -89,15 +89,12 @@ class HandlerContext:
     """Everything the hooks need; built by :mod:`relay.app`."""
 
     directory: Directory
-    accounts: AccountStore
-    throttle: LoginThrottle
     audit: AuditTrail
     spool: Spool
     threads: ThreadStore
     delivery: Deliveries
     local: policy.LocalDomains
     hostname: str
-    auth_failure_delay: float
     clock: Callable[[], datetime]
     smime: RelaySmime | None = None  # None: no [smime] table
     authenticator: Authenticator
