@@ -74,6 +74,7 @@ from bench.smtp import (
     child_env,
     child_relay,
     free_port,
+    package_unavailable,
     relay_port,
     stop,
     tail,
@@ -644,24 +645,7 @@ DOVECOT_BIN: Final = Path("/usr/sbin/dovecot")
 
 def dovecot_unavailable(*, install: bool) -> str | None:
     """Why Dovecot cannot run here, or None; installs it with apt when allowed."""
-    if DOVECOT_BIN.exists():
-        return None
-    if not install:
-        return "dovecot not installed (install: apt-get install -y dovecot-imapd)"
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return "dovecot not installed and apt-get not usable (needs root)"
-    print("dovecot not installed: apt-get install -y dovecot-imapd", flush=True)
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    done = subprocess.run(
-        ["apt-get", "install", "-y", "-q", "dovecot-imapd"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0 or not DOVECOT_BIN.exists():
-        return f"apt-get install dovecot-imapd failed: {done.stderr.strip()[-300:]}"
-    return None
+    return package_unavailable(DOVECOT_BIN, "dovecot-imapd", install=install)
 
 
 DOVECOT_CONF: Final = """\

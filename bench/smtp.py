@@ -587,26 +587,33 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
-def postfix_unavailable(*, install: bool) -> str | None:
-    """Why Postfix cannot run here, or None; installs it with apt when allowed."""
-    if POSTFIX_BIN.exists():
+def package_unavailable(binary: Path, package: str, *, install: bool) -> str | None:
+    """Why ``binary`` cannot run here, or None; installs ``package`` with apt
+    when allowed (root, apt-get present)."""
+    if binary.exists():
         return None
+    name = binary.name
     if not install:
-        return "postfix not installed (install: apt-get install -y postfix)"
+        return f"{name} not installed (install: apt-get install -y {package})"
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return "postfix not installed and apt-get not usable (needs root)"
-    print("postfix not installed: apt-get install -y postfix", flush=True)
+        return f"{name} not installed and apt-get not usable (needs root)"
+    print(f"{name} not installed: apt-get install -y {package}", flush=True)
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     done = subprocess.run(
-        ["apt-get", "install", "-y", "-q", "postfix"],
+        ["apt-get", "install", "-y", "-q", package],
         env=env,
         capture_output=True,
         text=True,
         check=False,
     )
-    if done.returncode != 0 or not POSTFIX_BIN.exists():
-        return f"apt-get install postfix failed: {done.stderr.strip()[-300:]}"
+    if done.returncode != 0 or not binary.exists():
+        return f"apt-get install {package} failed: {done.stderr.strip()[-300:]}"
     return None
+
+
+def postfix_unavailable(*, install: bool) -> str | None:
+    """Why Postfix cannot run here, or None; installs it with apt when allowed."""
+    return package_unavailable(POSTFIX_BIN, "postfix", install=install)
 
 
 def _postfix(config_dir: Path, log: Path, *args: str) -> None:
