@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.skipif(shutil.which("gpgsm") is None, reason="no gpgsm")
 PASSPHRASE = b"interop"
+P12_ATTEMPTS = 5
 CONTENT = b"Content-Type: text/plain\r\n\r\nBonjour\r\n"
 
 
@@ -49,7 +50,18 @@ class Gpgsm:
     home: Path
 
     def run(self, *args: str, data: bytes = b"", check: bool = True) -> bytes:
-        done = subprocess.run(
+        done = self._run(args, data)
+        if check:
+            assert done.returncode == 0, done.stderr.decode(errors="replace")
+        return done.stdout
+
+    def succeeds(self, *args: str, data: bytes = b"") -> bool:
+        return self._run(args, data).returncode == 0
+
+    def _run(
+        self, args: tuple[str, ...], data: bytes
+    ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
             [
                 "gpgsm",
                 "--batch",
@@ -64,9 +76,6 @@ class Gpgsm:
             env={**os.environ, "GNUPGHOME": str(self.home)},
             check=False,
         )
-        if check:
-            assert done.returncode == 0, done.stderr.decode(errors="replace")
-        return done.stdout
 
     def file(self, name: str, data: bytes) -> str:
         path = self.home / name
@@ -98,11 +107,20 @@ def gpgsm(people: People, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         .build(PASSPHRASE)
     )
     for who in (people.alice, people.bob):
-        p12 = pkcs12.serialize_key_and_certificates(
-            b"k", who.key, None, None, encryption
-        )
-        # passphrase of the file, then the new protection passphrase (twice)
-        g.run("--import", g.file("key.p12", p12), data=PASSPHRASE + b"\n" * 3)
+        # gpgsm 2.2 fails to read about 1 PKCS#12 file in 80 ("error at
+        # bag.data"), depending on the random salt and IV of the file: a new
+        # serialization of the same key is read. Passphrase of the file, then
+        # the new protection passphrase (twice).
+        path = ""
+        for _ in range(P12_ATTEMPTS):
+            p12 = pkcs12.serialize_key_and_certificates(
+                b"k", who.key, None, None, encryption
+            )
+            path = g.file("key.p12", p12)
+            if g.succeeds("--import", path, data=PASSPHRASE + b"\n" * 3):
+                break
+        else:
+            g.run("--import", path, data=PASSPHRASE + b"\n" * 3)  # the error
     try:
         yield g
     finally:
