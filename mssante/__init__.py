@@ -33,6 +33,7 @@ from mssante._mailbox import InboxItem, MailboxSession, Receipts
 from mssante._reports import report_from_cda
 from mssante._sync import SyncClient
 from mssante._traces import TraceLog
+from mssante._transport import SmtpConnection
 from mssante.crypto._errors import CryptoError
 from mssante.message import (
     Action,
@@ -92,6 +93,7 @@ __all__ = [
     "SenderRefusedError",
     "SentMessage",
     "Sex",
+    "SmtpConnection",
     "Software",
     "SubmissionError",
     "SyncClient",

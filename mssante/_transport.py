@@ -105,20 +105,31 @@ class SmtpConnection:
         *,
         tls: ssl.SSLContext | None,
         timeouts: Timeouts,
+        server_name: str | None = None,
     ) -> tuple[SmtpConnection, Reply]:
-        """Connect (implicit TLS when ``tls`` is given) and read the greeting."""
-        with translated(f"connect to {host}:{port}"):
+        """Connect (implicit TLS when ``tls`` is given) and read the greeting.
+
+        ``server_name``: the name the certificate must carry, when ``host``
+        is an address resolved elsewhere (an MX host's, by the relay).
+        """
+        name = server_name or host
+        with translated(f"connect to {name}:{port}"):
             async with asyncio.timeout(timeouts.connect):
                 reader, writer = await asyncio.open_connection(
-                    host, port, ssl=tls, server_hostname=host if tls else None
+                    host, port, ssl=tls, server_hostname=name if tls else None
                 )
-        conn = cls(reader, writer, host, timeouts)
+        conn = cls(reader, writer, name, timeouts)
         greeting = await conn.read_reply()
         return conn, greeting
 
     @property
+    def ssl_object(self) -> ssl.SSLObject | None:
+        obj: ssl.SSLObject | None = self._writer.get_extra_info("ssl_object")
+        return obj
+
+    @property
     def tls_version(self) -> str | None:
-        obj = self._writer.get_extra_info("ssl_object")
+        obj = self.ssl_object
         return obj.version() if obj is not None else None
 
     async def read_reply(self, within: float | None = None) -> Reply:

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from directory.config import open_directory
+from mssante import Timeouts
 from relay import policy
 from relay.accounts import (
     SASL_MECHANISMS,
@@ -38,13 +39,16 @@ from relay.imap import ImapContext, ImapServer
 from relay.oauth import verifier_for
 from relay.queue.deliver import LocalDelivery
 from relay.queue.notices import success_notices
+from relay.queue.outbound import SqliteOutboundQueue
+from relay.queue.resolve import DnsResolver
 from relay.queue.spool import Spool
+from relay.queue.transfer import OutboundDelivery, TransferSettings
 from relay.smime import RelaySmime
 from relay.smtp.handler import Deliveries, HandlerContext, RelayHandler
 from relay.smtp.server import RelaySMTP
 from relay.store import MailStore, MasterKey
 from relay.threads import ThreadStore
-from relay.tls import server_context
+from relay.tls import TlsConfigError, client_context, server_context
 
 if TYPE_CHECKING:
     import ssl
@@ -79,6 +83,8 @@ class RunningRelay:
     spool: Spool
     delivery: LocalDelivery
     threads: ThreadStore
+    outbound: OutboundDelivery | None = None  # None: [delivery] enabled = false
+    outbound_queue: SqliteOutboundQueue | None = None
     servers: list[asyncio.Server] = field(default_factory=list)
 
 
@@ -303,6 +309,7 @@ async def accepting(
             clock=clock,
             smime=smime,
             authenticator=authenticator,
+            remote_delivery=cfg.delivery.enabled,
         )
         await _smtp_listeners(cfg, RelayHandler(ctx), acceptance, ports, reuse_port)
         try:
@@ -389,6 +396,54 @@ async def _smtp_listeners(
         acceptance.addresses[name] = (host, port)
 
 
+def _outbound_delivery(
+    cfg: Config,
+    queue: SqliteOutboundQueue,
+    directory: Directory,
+    store: MailStore,
+    audit: AuditTrail,
+    clock: Callable[[], datetime],
+) -> OutboundDelivery:
+    """Delivery to other operators: mutual TLS with [tls]'s certificate by default."""
+    settings = cfg.delivery
+    assert cfg.tls is not None  # noqa: S101 - checked by run_relay
+    anchors = settings.trust_anchors_file or cfg.tls.trust_anchors_file
+    if anchors is None:
+        raise RelayError(
+            "delivery.trust_anchors_file: required to deliver to other operators"
+            " (or set tls.trust_anchors_file, or delivery.enabled = false)"
+        )
+    try:
+        tls = client_context(
+            cert_file=settings.client_cert_file or cfg.tls.cert_file,
+            key_file=settings.client_key_file or cfg.tls.key_file,
+            trust_anchors_file=anchors,
+        )
+    except TlsConfigError as exc:
+        raise RelayError(str(exc)) from exc
+    return OutboundDelivery(
+        queue=queue,
+        resolver=DnsResolver(settings.nameservers, port=settings.dns_port),
+        directory=directory,
+        store=store,
+        audit=audit,
+        tls=tls,
+        hostname=cfg.relay.hostname,
+        clock=clock,
+        settings=TransferSettings(
+            port=settings.port,
+            retry=settings.retry,
+            concurrency=settings.concurrency,
+            destination_concurrency=settings.destination_concurrency,
+            timeouts=Timeouts(
+                connect=settings.connect_timeout,
+                command=settings.command_timeout,
+                data=max(settings.command_timeout, 600.0),
+            ),
+        ),
+    )
+
+
 @contextlib.asynccontextmanager
 async def run_relay(
     cfg: Config,
@@ -412,6 +467,19 @@ async def run_relay(
         stack.callback(store.close)
         local = local_domains(cfg)
         made: list[LocalDelivery] = []
+        outbound_queue: SqliteOutboundQueue | None = None
+        if cfg.delivery.enabled:
+            outbound_queue = SqliteOutboundQueue.open(
+                data_dir, master.derive("outbound")
+            )
+            stack.callback(outbound_queue.close)
+        outbound: list[OutboundDelivery] = []
+        loop = asyncio.get_running_loop()
+
+        def outbound_queued() -> None:
+            # Called from a delivery thread.
+            for transfer in outbound:
+                loop.call_soon_threadsafe(transfer.wake)
 
         def local_delivery(acceptance: Acceptance) -> LocalDelivery:
             delivery = LocalDelivery(
@@ -423,6 +491,8 @@ async def run_relay(
                 success_notice=success_notices(cfg.relay.hostname, clock),
                 protection=acceptance.smime,
                 directory=acceptance.directory,
+                outbound=outbound_queue,
+                on_outbound=outbound_queued,
             )
             made.append(delivery)
             return delivery
@@ -437,6 +507,13 @@ async def run_relay(
         delivery.start(poll_interval=SPOOL_POLL_INTERVAL if processes > 1 else None)
         stack.push_async_callback(delivery.stop)
         directory = acceptance.directory
+        if outbound_queue is not None:
+            transfer = _outbound_delivery(
+                cfg, outbound_queue, directory, store, acceptance.audit, clock
+            )
+            outbound.append(transfer)
+            transfer.start()
+            stack.push_async_callback(transfer.stop)
         accounts = acceptance.accounts
         audit = acceptance.audit
         spool = acceptance.spool
@@ -452,6 +529,8 @@ async def run_relay(
             spool=spool,
             delivery=delivery,
             threads=acceptance.threads,
+            outbound=outbound[0] if outbound else None,
+            outbound_queue=outbound_queue,
         )
         if processes > 1:
             await stack.enter_async_context(

@@ -39,6 +39,13 @@ from relay.oauth import (
     TokenRules,
 )
 from relay.policy import SignatureAction
+from relay.queue.schedule import (
+    DEFAULT_DELAY_WARNING,
+    DEFAULT_MAXIMAL_BACKOFF,
+    DEFAULT_MINIMAL_BACKOFF,
+    DEFAULT_QUEUE_LIFETIME,
+    RetryPolicy,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -194,6 +201,37 @@ class ImapSettings:
         )
 
 
+class PatientReadReceipts(enum.StrEnum):
+    """Who decides the MDN a patient's reading sends (RFC 8098 §2.1)."""
+
+    ALWAYS = "always"  # the national patient space's behaviour
+    PATIENT_CHOICE = "patient-choice"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliverySettings:
+    """The ``[delivery]`` table: outbound SMTP to other operators (issue 9).
+
+    The client certificate and trust anchors default to ``[tls]``'s: an
+    operator presents the certificate its MX serves.
+    """
+
+    enabled: bool = True
+    port: int = 25  # the peers' MX port (RFC 5321 §4.5.4: 25)
+    nameservers: tuple[str, ...] = ()  # empty: the system resolver
+    dns_port: int = 53
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = field(default=None, repr=False)
+    trust_anchors_file: Path | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    concurrency: int = 20
+    destination_concurrency: int = 4
+    connect_timeout: float = 30.0
+    # RFC 5321 §4.5.3.2: minutes per command, 10 for the final reply.
+    command_timeout: float = 300.0
+    patient_read_receipts: PatientReadReceipts = PatientReadReceipts.ALWAYS
+
+
 class EncryptionProfile(enum.StrEnum):
     """Key transport offered to a domain's recipients (DESIGN §6)."""
 
@@ -266,6 +304,7 @@ class Config:
     imap: ImapSettings = field(default_factory=ImapSettings.disabled)
     auth: AuthSettings = field(default_factory=AuthSettings)
     smime: SmimeSettings | None = None  # None: no verification, sealing, encryption
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
     source: Path | None = None  # the file it was read from
 
     @property
@@ -632,6 +671,46 @@ def _smime(t: _Table | None) -> SmimeSettings | None:
     return settings
 
 
+def _delivery(t: _Table | None) -> DeliverySettings:
+    if t is None:
+        return DeliverySettings()
+    try:
+        retry = RetryPolicy(
+            minimal_backoff=t.number("minimal_backoff", DEFAULT_MINIMAL_BACKOFF),
+            maximal_backoff=t.number("maximal_backoff", DEFAULT_MAXIMAL_BACKOFF),
+            lifetime=t.number("queue_lifetime", DEFAULT_QUEUE_LIFETIME),
+            delay_warning=t.number("delay_warning", DEFAULT_DELAY_WARNING),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{t.name}.{exc}") from None
+    settings = DeliverySettings(
+        enabled=t.flag("enabled", True),
+        port=t.integer("port", 25, minimum=1),
+        nameservers=t.texts("nameservers", ()),
+        dns_port=t.integer("dns_port", 53, minimum=1),
+        client_cert_file=t.optional_path("client_cert_file"),
+        client_key_file=t.optional_path("client_key_file"),
+        trust_anchors_file=t.optional_path("trust_anchors_file"),
+        retry=retry,
+        concurrency=t.integer("concurrency", 20, minimum=1),
+        destination_concurrency=t.integer("destination_concurrency", 4, minimum=1),
+        connect_timeout=t.number("connect_timeout", 30.0),
+        command_timeout=t.number("command_timeout", 300.0),
+        patient_read_receipts=t.choice(
+            "patient_read_receipts", PatientReadReceipts, PatientReadReceipts.ALWAYS
+        ),
+    )
+    for key, port in (("port", settings.port), ("dns_port", settings.dns_port)):
+        if port > 65535:
+            raise ConfigError(f"{t.name}.{key}: {port} is not a port")
+    if (settings.client_cert_file is None) != (settings.client_key_file is None):
+        raise ConfigError(
+            f"{t.name}.client_key_file: client_cert_file and client_key_file go together"
+        )
+    t.done()
+    return settings
+
+
 def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Config:
     """Build a :class:`Config` from parsed TOML; paths relative to ``base``."""
     root = _Table("", data, base)
@@ -644,6 +723,7 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
     imap = _imap(root.table("imap"))
     auth = _auth(root.table("auth"), directory_production=directory.production)
     smime = _smime(root.table("smime"))
+    delivery = _delivery(root.table("delivery"))
     root.done()
     return Config(
         relay=relay,
@@ -653,6 +733,7 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
         imap=imap,
         auth=auth,
         smime=smime,
+        delivery=delivery,
         source=source,
     )
 

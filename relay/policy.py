@@ -136,6 +136,9 @@ R550_SENDER_HEADER_MISMATCH: Final = Reply(
     550, "5.7.1", "Sender header must name the authenticated account"
 )
 R554_RELAY_DENIED: Final = Reply(554, "5.7.1", "Relay access denied")
+R550_DOMAIN_NOT_TRUSTED: Final = Reply(
+    550, "5.7.1", "Recipient domain is not in the trust space"
+)
 # RFC 3463 §3.8 X.7.7 "Message integrity failure": the signature does not
 # match the content (the message was altered, or signed wrongly).
 R550_SIGNATURE_INVALID: Final = Reply(
@@ -377,10 +380,18 @@ def check_recipient(
     local: LocalDomains,
     patients_so_far: int,
     now: datetime,
+    remote: RemoteDomain | None = None,
 ) -> Decision:
-    """RCPT TO: local, listed, active, and allowed for this sender."""
+    """RCPT TO: local, listed, active, and allowed for this sender.
+
+    ``remote`` is given for an address of another domain when this relay
+    delivers to other operators (submission only): without it, such an
+    address is a relay attempt.
+    """
     if not local.is_local(address):
-        return Decision(R554_RELAY_DENIED, "recipient domain not local")
+        if remote is None:
+            return Decision(R554_RELAY_DENIED, "recipient domain not local")
+        return _check_remote_recipient(sender, entry, remote, now)
     if local.is_patient_address(address) or isinstance(entry, Patient):
         return _check_patient_recipient(sender, entry, patients_so_far)
     if not isinstance(entry, Mailbox):
@@ -390,6 +401,36 @@ def check_recipient(
     if sender.role is Role.PATIENT:
         return _check_patient_first_contact(sender, entry, now)
     return Decision(R250_RECIPIENT_OK, "professional to professional")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteDomain:
+    """What the directory says of a recipient domain served by another operator."""
+
+    domain: str
+    operator: Operator | None  # None: no operator lists it (not in the trust space)
+
+
+def _check_remote_recipient(
+    sender: SenderFacts,
+    entry: Mailbox | Patient | None,
+    remote: RemoteDomain,
+    now: datetime,
+) -> Decision:
+    operator = remote.operator
+    # DESIGN §4: mail leaves only for a whitelisted operator's domain, refused
+    # at RCPT rather than queued and bounced.
+    if operator is None or operator.status is not Status.ACTIVE:
+        return Decision(R550_DOMAIN_NOT_TRUSTED, "recipient domain has no operator")
+    if isinstance(entry, Mailbox) and entry.status is not Status.ACTIVE:
+        return Decision(R550_MAILBOX_DISABLED, f"recipient {entry.status.value}")
+    if sender.role is Role.PATIENT:
+        if not isinstance(entry, Mailbox):
+            return Decision(R550_MAILBOX_UNKNOWN, "patient to an unlisted address")
+        return _check_patient_first_contact(sender, entry, now)
+    # Two-level admission, seen from this side: the peer operator answers
+    # for its own addresses, listed in the national extraction or not yet.
+    return Decision(R250_RECIPIENT_OK, "to another operator")
 
 
 def _check_patient_recipient(

@@ -10,8 +10,12 @@ What must stay true (DESIGN §6, the MSSanté operator rules):
   against the configured trust anchors (``CERT_OPTIONAL``: a client without
   one completes the handshake and is refused at ``MAIL FROM`` with a reply it
   can read; a client with an untrusted one fails the handshake).
-- Submission listeners do not ask for client certificates (yet: SASL
-  EXTERNAL comes with the accounts issue).
+- Submission listeners ask for client certificates only when an account
+  kind may log in with SASL EXTERNAL.
+- The outbound client (delivery to other operators) verifies the peer's
+  chain against the trust anchors and its name against the MX host name,
+  presents the operator certificate, and speaks the same versions and
+  suites: there is no context without verification.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from relay.config import TlsSettings
 
 # The four TLS 1.2 suites the MSSanté trust space allows (0xC030, 0xC02F,
@@ -69,6 +75,29 @@ def server_context(
                 f"tls.trust_anchors_file: cannot load {anchors}: {exc}"
             ) from exc
         ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+def client_context(
+    *, cert_file: Path, key_file: Path, trust_anchors_file: Path
+) -> ssl.SSLContext:
+    """The context of outbound SMTP: mutual TLS with another operator's MX."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(MSSANTE_TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    try:
+        ctx.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsConfigError(
+            f"delivery.client_cert_file/client_key_file: cannot load {cert_file}: {exc}"
+        ) from exc
+    try:
+        ctx.load_verify_locations(cafile=trust_anchors_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsConfigError(
+            f"delivery.trust_anchors_file: cannot load {trust_anchors_file}: {exc}"
+        ) from exc
     return ctx
 
 

@@ -12,6 +12,9 @@ What must stay true:
 - A spool file is removed only after all its copies are durably stored.
 - At start, every file left in the spool is queued again (a crash between
   ``250`` and delivery loses nothing).
+- Recipients of other operators go to the outbound queue
+  (:mod:`relay.queue.outbound`), keyed by the queue id, before the file is
+  removed; :mod:`relay.queue.transfer` delivers them.
 - A store failure leaves the file in the spool; it is retried with a backoff
   (``retry_delays``), never dropped.
 - With end-to-end protection configured (``[smime]``, :mod:`relay.smime`),
@@ -31,6 +34,7 @@ from typing import TYPE_CHECKING, Final
 
 from directory.errors import DirectoryError
 from relay.audit import AuditEvent
+from relay.queue.outbound import OutboundError
 from relay.queue.spool import SpoolError
 from relay.store import StoreError
 
@@ -40,6 +44,7 @@ if TYPE_CHECKING:
 
     from directory.protocol import Directory
     from relay.audit import AuditTrail
+    from relay.queue.outbound import OutboundQueue
     from relay.queue.spool import Envelope, Spool
     from relay.smime import Copies, RelaySmime
     from relay.store import MailStore
@@ -75,6 +80,8 @@ class LocalDelivery:
         retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS,
         protection: RelaySmime | None = None,
         directory: Directory | None = None,
+        outbound: OutboundQueue | None = None,
+        on_outbound: Callable[[], None] | None = None,
     ) -> None:
         if protection is not None and directory is None:
             raise ValueError("protection needs the directory")
@@ -88,6 +95,8 @@ class LocalDelivery:
         self._retry_delays = retry_delays
         self._protection = protection
         self._directory = directory
+        self._outbound = outbound
+        self._on_outbound = on_outbound
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._retries: dict[str, int] = {}
@@ -176,7 +185,9 @@ class LocalDelivery:
             return False
         envelope, message = read
         local_author = self._local_author(envelope)
-        addresses = [r.address for r in envelope.recipients]
+        addresses = [
+            r.address for r in envelope.recipients if self._is_local(r.address)
+        ]
         if local_author:
             addresses.append(envelope.sender)
         assert self._directory is not None  # noqa: S101 - checked in __init__
@@ -222,8 +233,12 @@ class LocalDelivery:
         self, queue_id: str, envelope: Envelope, message: bytes, copies: Copies | None
     ) -> bool:
         delivered: list[str] = []
+        if not self._queue_outbound(envelope, message):
+            return False
         try:
             for recipient in envelope.recipients:
+                if not self._is_local(recipient.address):
+                    continue
                 content = (
                     message if copies is None else copies.for_mailbox(recipient.address)
                 )
@@ -255,6 +270,44 @@ class LocalDelivery:
             return False
         self._spool.remove(queue_id)
         self._retries.pop(queue_id, None)
+        return True
+
+    def _queue_outbound(self, envelope: Envelope, message: bytes) -> bool:
+        """Hand the recipients of other operators to the outbound queue.
+
+        Idempotent (the queue id is the key), so a replayed spool file
+        queues nothing twice. False: retry the whole delivery later.
+        """
+        remote = [r for r in envelope.recipients if not self._is_local(r.address)]
+        if not remote:
+            return True
+        if self._outbound is None:
+            # The RCPT policy accepts remote recipients only with outbound
+            # delivery configured; a file from an older configuration waits.
+            log.error(
+                "%s has remote recipients and no outbound delivery", envelope.queue_id
+            )
+            return False
+        try:
+            queued = self._outbound.enqueue(
+                envelope, message, remote, now=self._clock()
+            )
+        except OutboundError:
+            log.exception(
+                "outbound queue write of %s failed; will retry", envelope.queue_id
+            )
+            return False
+        if queued:
+            self._audit.emit(
+                AuditEvent.MESSAGE_QUEUED,
+                cid=envelope.cid,
+                sender=envelope.sender,
+                recipients=[r.address for r in remote],
+                queue_id=envelope.queue_id,
+                message_ref=envelope.message_ref,
+            )
+        if self._on_outbound is not None:
+            self._on_outbound()
         return True
 
     def _store_copy(

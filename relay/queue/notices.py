@@ -2,7 +2,8 @@
 
 Owns: turning a spooled envelope and the recipients just delivered into a
 "delivered" DSN for the sender, for the recipients that asked for one with
-``NOTIFY=SUCCESS`` (RFC 3461 §4.1). The MIME layout is the client library's
+``NOTIFY=SUCCESS`` (RFC 3461 §4.1); and composing the relayed, delayed and
+failed notices of outbound delivery (:func:`compose_notice`). The MIME layout is the client library's
 (``mssante.message.compose_dsn``): one composer for the relay and for tests.
 
 What must stay true:
@@ -44,26 +45,50 @@ def success_notices(
                 final_recipient=address,
                 action=Action.DELIVERED,
                 status=DELIVERED_STATUS,
-                original_recipient=_orcpt_address(orcpt.get(address)),
+                original_recipient=orcpt_address(orcpt.get(address)),
             )
             for address in delivered
         ]
-        return compose_dsn(
-            reporting_mta=hostname,
-            original_envelope_id=envelope.envid,
-            arrival_date=envelope.received_at,
-            recipients=recipients,
+        return compose_notice(
+            hostname=hostname,
+            sender=envelope.sender,
+            envid=envelope.envid,
+            ret=envelope.ret,
+            received_at=envelope.received_at,
+            statuses=recipients,
             original=message,
-            return_full=envelope.ret == "FULL",
-            notify_to=envelope.sender,
-            message_id=email.utils.make_msgid("dsn", domain=hostname),
             now=clock(),
         )
 
     return build
 
 
-def _orcpt_address(orcpt: str | None) -> str | None:
+def compose_notice(
+    *,
+    hostname: str,
+    sender: str,
+    envid: str | None,
+    ret: str | None,
+    received_at: datetime,
+    statuses: list[RecipientStatus],
+    original: bytes,
+    now: datetime,
+) -> bytes:
+    """A DSN from this relay to ``sender`` (delivered, relayed, delayed or failed)."""
+    return compose_dsn(
+        reporting_mta=hostname,
+        original_envelope_id=envid,
+        arrival_date=received_at,
+        recipients=statuses,
+        original=original,
+        return_full=ret == "FULL",
+        notify_to=sender,
+        message_id=email.utils.make_msgid("dsn", domain=hostname),
+        now=now,
+    )
+
+
+def orcpt_address(orcpt: str | None) -> str | None:
     # The spool keeps ORCPT as "type;address" (xtext decoded).
     if orcpt is None:
         return None

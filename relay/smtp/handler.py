@@ -98,6 +98,9 @@ class HandlerContext:
     clock: Callable[[], datetime]
     smime: RelaySmime | None = None  # None: no [smime] table
     authenticator: Authenticator
+    # Recipients of other operators' domains are accepted on submission
+    # (and queued for outbound delivery); False: relaying is refused.
+    remote_delivery: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,6 +451,9 @@ class RelayHandler:
         sender = envelope.sender_facts
         assert sender is not None  # noqa: S101 - aiosmtpd checks MAIL came first
         entry, failure = await self._lookup(server, address)
+        remote: policy.RemoteDomain | None = None
+        if failure is None:
+            remote, failure = await self._remote_domain(server, address)
         if failure is not None:
             return str(failure)
         decision = policy.check_recipient(
@@ -457,6 +463,7 @@ class RelayHandler:
             self._ctx.local,
             envelope.patient_recipients,
             self._ctx.clock(),
+            remote,
         )
         self._ctx.audit.emit(
             AuditEvent.SMTP_RECIPIENT_ACCEPTED
@@ -479,6 +486,32 @@ class RelayHandler:
         envelope.rcpt_options.extend(rcpt_options)
         envelope.rcpt_dsn[address] = server.pending_rcpt
         return str(decision.reply)
+
+    async def _remote_domain(
+        self, server: RelaySMTP, address: str
+    ) -> tuple[policy.RemoteDomain | None, policy.Reply | None]:
+        """The operator of a non-local recipient's domain, on submission only."""
+        ctx = self._ctx
+        if (
+            not ctx.remote_delivery
+            or server.channel is not policy.Channel.SUBMISSION
+            or ctx.local.is_local(address)
+        ):
+            return None, None
+        domain = address.rpartition("@")[2].lower()
+        try:
+            operator = await ctx.directory.operator(domain)
+        except InvalidFieldError:
+            return None, R553_BAD_ADDRESS
+        except DirectoryError as exc:
+            ctx.audit.emit(
+                AuditEvent.DIRECTORY_LOOKUP_FAILED,
+                cid=server.cid,
+                target=domain,
+                reason=type(exc).__name__,
+            )
+            return None, policy.R451_DIRECTORY_UNAVAILABLE
+        return policy.RemoteDomain(domain=domain, operator=operator), None
 
     # -- DATA ----------------------------------------------------------------
 

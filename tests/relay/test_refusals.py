@@ -168,7 +168,13 @@ PROBES: list[tuple[str, Callable[[Harness], tuple[int, bytes]], int, str]] = [
         "5.1.1",
     ),
     ("opted-out patient", lambda h: _rcpt(h, patient_address(OPTED_OUT)), 550, "5.1.1"),
-    ("relay to a foreign domain", lambda h: _rcpt(h, "x@gmail.example"), 554, "5.7.1"),
+    # Outside the trust space: refused at RCPT, never queued (issue 9).
+    (
+        "domain outside the trust space",
+        lambda h: _rcpt(h, "x@gmail.example"),
+        550,
+        "5.7.1",
+    ),
     ("patient first contact", _patient_first_contact, 550, "5.7.1"),
     (
         "patient to patient",

@@ -1,0 +1,483 @@
+"""Outbound delivery: the workers that empty the outbound queue into other operators.
+
+Owns: the scheduling of the outbound queue (which destination to try, how
+many sessions per destination and in all), one task per destination
+session (resolve, connect over mutual TLS, send every due message on the
+same connection), the recording of each recipient's outcome with its retry
+time, and the DSNs this relay writes to its own senders: failed, delayed
+(when asked), and relayed (when the peer does not take DSN requests over).
+
+What must stay true:
+
+- A recipient is delivered, deferred (retry later, per
+  :class:`relay.queue.schedule.RetryPolicy`) or bounced; a deferral past the
+  queue lifetime bounces. Every outcome is an audit event, with the reason.
+- No message goes to a peer that is not verified and whitelisted for the
+  destination domain (:mod:`relay.queue.remote`); a destination that cannot
+  be reached defers all its due recipients, it does not spin.
+- A DSN is never written about a DSN (null sender, RFC 3461 §6.2); a DSN's
+  delivery key is derived from the message and its recipients, so a replay
+  after a crash stores it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from directory.errors import DirectoryError
+from mssante import Timeouts
+from mssante.message import Action, RecipientStatus
+from relay import policy
+from relay.audit import AuditEvent
+from relay.queue.notices import compose_notice, orcpt_address
+from relay.queue.outbound import OutboundError, State
+from relay.queue.remote import (
+    DEFAULT_MX_PORT,
+    RecipientReply,
+    RemoteSession,
+    SessionError,
+)
+from relay.queue.resolve import ResolveError
+from relay.queue.schedule import (
+    RetryPolicy,
+    Verdict,
+    verdict,
+    wants_failure_notice,
+    wants_success_notice,
+)
+from relay.store import StoreError
+
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Callable, Sequence
+    from datetime import datetime
+
+    from directory.protocol import Directory
+    from relay.audit import AuditTrail
+    from relay.queue.outbound import Claimed, OutboundQueue
+    from relay.queue.resolve import MailHost, Resolver
+    from relay.store import MailStore
+    from relay.tls import PeerCertificate
+
+log = logging.getLogger("mssante.relay.outbound")
+
+# Postfix: default_process_limit 100, default_destination_concurrency_limit 20;
+# an MSSanté relay talks to a few dozen operators, so fewer suffice.
+DEFAULT_CONCURRENCY: Final = 20
+DEFAULT_DESTINATION_CONCURRENCY: Final = 4
+# Messages claimed at once by a session, and sent on one connection before
+# it is closed (Postfix's smtp_connection_reuse_count_limit is unlimited;
+# a bound spreads load over the peer's MX hosts).
+DEFAULT_BATCH: Final = 20
+DEFAULT_MESSAGES_PER_CONNECTION: Final = 500
+# How often the queue is looked at when nothing wakes the scheduler (the
+# admin CLI changes the queue from another process).
+DEFAULT_POLL_INTERVAL: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferSettings:
+    port: int = DEFAULT_MX_PORT
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    concurrency: int = DEFAULT_CONCURRENCY
+    destination_concurrency: int = DEFAULT_DESTINATION_CONCURRENCY
+    batch: int = DEFAULT_BATCH
+    messages_per_connection: int = DEFAULT_MESSAGES_PER_CONNECTION
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+@dataclass(slots=True)
+class _Notices:
+    """The DSN statuses one message collects in one pass, by action."""
+
+    by_action: dict[Action, list[RecipientStatus]] = field(default_factory=dict)
+
+    def add(self, status: RecipientStatus) -> None:
+        self.by_action.setdefault(status.action, []).append(status)
+
+
+class OutboundDelivery:
+    """The scheduler and its destination sessions (runs on the event loop)."""
+
+    def __init__(
+        self,
+        *,
+        queue: OutboundQueue,
+        resolver: Resolver,
+        directory: Directory,
+        store: MailStore,
+        audit: AuditTrail,
+        tls: ssl.SSLContext,
+        hostname: str,
+        clock: Callable[[], datetime],
+        settings: TransferSettings | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._queue = queue
+        self._resolver = resolver
+        self._directory = directory
+        self._store = store
+        self._audit = audit
+        self._tls = tls
+        self._hostname = hostname
+        self._clock = clock
+        self._settings = settings or TransferSettings()
+        self._rng = rng or random.Random()  # noqa: S311 - retry jitter, not secrecy
+        self._wake = asyncio.Event()
+        self._active: dict[str, int] = {}
+        self._sessions: set[asyncio.Task[None]] = set()
+        self._scheduler: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        self._scheduler = asyncio.create_task(self._run(), name="outbound")
+
+    def wake(self) -> None:
+        """Something was queued or changed: look at the queue now."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._scheduler, *self._sessions) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._scheduler = None
+
+    async def idle(self, *, within: float) -> bool:
+        """Wait until no session runs and nothing is due now (for tests, drain)."""
+        try:
+            async with asyncio.timeout(within):
+                while True:
+                    await self._idle.wait()
+                    due = await asyncio.to_thread(self._queue.due, self._clock())
+                    if not due and not self._sessions:
+                        return True
+                    self.wake()
+                    await asyncio.sleep(0.02)
+        except TimeoutError:
+            return False
+
+    # -- scheduling -----------------------------------------------------------
+
+    async def _run(self) -> None:
+        settings = self._settings
+        while True:
+            self._wake.clear()
+            now = self._clock()
+            try:
+                due = await asyncio.to_thread(self._queue.due, now)
+                next_due = await asyncio.to_thread(self._queue.next_due)
+            except OutboundError:
+                log.exception("outbound queue unreadable; retrying")
+                due, next_due = {}, None
+            for domain, count in sorted(due.items()):
+                wanted = min(
+                    settings.destination_concurrency, math.ceil(count / settings.batch)
+                )
+                while (
+                    self._active.get(domain, 0) < wanted
+                    and len(self._sessions) < settings.concurrency
+                ):
+                    self._start_session(domain)
+            wait = settings.poll_interval
+            if next_due is not None:
+                wait = min(wait, max((next_due - now).total_seconds(), 0.01))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+
+    def _start_session(self, domain: str) -> None:
+        self._active[domain] = self._active.get(domain, 0) + 1
+        self._idle.clear()
+        task = asyncio.create_task(self._destination(domain), name=f"outbound-{domain}")
+        self._sessions.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._sessions.discard(finished)
+            left = self._active.get(domain, 1) - 1
+            if left:
+                self._active[domain] = left
+            else:
+                self._active.pop(domain, None)
+            if not self._sessions:
+                self._idle.set()
+            self.wake()
+
+        task.add_done_callback(done)
+
+    # -- one destination ------------------------------------------------------
+
+    async def _claim(self, domain: str) -> list[Claimed]:
+        return await asyncio.to_thread(
+            self._queue.claim, domain, self._clock(), limit=self._settings.batch
+        )
+
+    async def _destination(self, domain: str) -> None:
+        try:
+            hosts = await self._resolver.mail_hosts(domain)
+        except ResolveError as exc:
+            code = 550 if exc.permanent else 451
+            await self._fail_all(
+                domain, RecipientReply("", code, f"{code} {exc.status} {exc}")
+            )
+            return
+        session: RemoteSession | None = None
+        sent_on_connection = 0
+        try:
+            while claimed := await self._claim(domain):
+                if session is None:
+                    session, failure = await self._connect(domain, hosts)
+                    sent_on_connection = 0
+                    if session is None:
+                        for item in claimed:
+                            await self._apply(
+                                item, [failure] * len(item.recipients), None
+                            )
+                        await self._fail_all(domain, failure)
+                        return
+                for n, item in enumerate(claimed):
+                    try:
+                        replies = await session.send(
+                            item.message, item.recipients, item.content
+                        )
+                    except SessionError as exc:
+                        lost = _session_reply(exc)
+                        for rest in claimed[n:]:
+                            await self._apply(
+                                rest, [lost] * len(rest.recipients), session
+                            )
+                        await session.close()
+                        session = None
+                        break
+                    await self._apply(item, replies, session)
+                    sent_on_connection += 1
+                if (
+                    session is not None
+                    and sent_on_connection >= self._settings.messages_per_connection
+                ):
+                    await session.close()
+                    session = None
+        finally:
+            if session is not None:
+                await session.close()
+
+    async def _fail_all(self, domain: str, failure: RecipientReply) -> None:
+        """Apply one failure to every due recipient of ``domain`` (a dead destination)."""
+        while claimed := await self._claim(domain):
+            for item in claimed:
+                await self._apply(item, [failure] * len(item.recipients), None)
+
+    async def _connect(
+        self, domain: str, hosts: Sequence[MailHost]
+    ) -> tuple[RemoteSession | None, RecipientReply]:
+        last = RecipientReply("", 451, f"451 4.4.1 {domain}: no host to try")
+
+        async def check_peer(cert: PeerCertificate | None) -> str | None:
+            return await self._check_peer(domain, cert)
+
+        for host in hosts:
+            for address in host.addresses:
+                try:
+                    session = await RemoteSession.open(
+                        host,
+                        address,
+                        port=self._settings.port,
+                        tls=self._tls,
+                        helo_name=self._hostname,
+                        timeouts=self._settings.timeouts,
+                        check_peer=check_peer,
+                    )
+                except SessionError as exc:
+                    last = _session_reply(exc)
+                    continue
+                return session, last
+        return None, last
+
+    async def _check_peer(
+        self, domain: str, cert: PeerCertificate | None
+    ) -> str | None:
+        """None when the peer may receive mail for ``domain``; the reason if not."""
+        if cert is None:
+            return "the peer presented no certificate"
+        try:
+            operators = await self._directory.operators_for_certificate(cert.subject_dn)
+        except DirectoryError as exc:
+            return f"directory unavailable ({type(exc).__name__})"
+        if domain in policy.whitelisted_domains(
+            operators, cert.issuer_dn, cert.fingerprint
+        ):
+            return None
+        return f"certificate {cert.subject_dn} is not whitelisted for {domain}"
+
+    # -- outcomes ---------------------------------------------------------------
+
+    async def _apply(
+        self,
+        item: Claimed,
+        replies: Sequence[RecipientReply],
+        session: RemoteSession | None,
+    ) -> None:
+        message = item.message
+        now = self._clock()
+        retry = self._settings.retry
+        notices = _Notices()
+        remote_mta = session.host.name if session is not None else None
+        for recipient, reply in zip(item.recipients, replies, strict=True):
+            outcome = verdict(reply.code)
+            text = reply.reply
+            if outcome is Verdict.DEFERRED and retry.expired(message.queued_at, now):
+                outcome = Verdict.BOUNCED
+                text = f"{text} (gave up after {retry.lifetime / 86400:g} days)"
+            status = RecipientStatus(
+                final_recipient=recipient.address,
+                action=Action.RELAYED,
+                status="2.0.0",
+                original_recipient=orcpt_address(recipient.orcpt),
+                remote_mta=remote_mta,
+                diagnostic_code=text,
+                last_attempt_date=now,
+            )
+            if outcome is Verdict.DELIVERED:
+                await self._record(
+                    recipient.message_id, recipient.address, State.DELIVERED, text
+                )
+                if (
+                    wants_success_notice(message.sender, recipient.notify)
+                    and not reply.remote_dsn
+                ):
+                    # RFC 3461 §6.2.6: the peer did not take NOTIFY over, so
+                    # this relay reports "relayed".
+                    notices.add(status)
+                event = AuditEvent.MESSAGE_RELAYED
+            elif outcome is Verdict.DEFERRED:
+                attempt = retry.next_attempt(
+                    recipient.attempts + 1, now, self._rng.random()
+                )
+                await self._record(
+                    recipient.message_id, recipient.address, State.QUEUED, text, attempt
+                )
+                if (
+                    retry.wants_delay_notice(
+                        message.queued_at,
+                        now,
+                        recipient.notify,
+                        already_sent=recipient.delay_notified,
+                    )
+                    and message.sender
+                ):
+                    notices.add(
+                        dataclasses.replace(
+                            status,
+                            action=Action.DELAYED,
+                            status=reply.status if reply.status[0] == "4" else "4.0.0",
+                            will_retry_until=retry.give_up_at(message.queued_at),
+                        )
+                    )
+                    await asyncio.to_thread(
+                        self._queue.mark_delay_notified,
+                        recipient.message_id,
+                        recipient.address,
+                    )
+                event = AuditEvent.MESSAGE_DEFERRED
+            else:
+                await self._record(
+                    recipient.message_id, recipient.address, State.BOUNCED, text
+                )
+                if wants_failure_notice(message.sender, recipient.notify):
+                    code = reply.status if reply.status[0] == "5" else "5.0.0"
+                    notices.add(
+                        dataclasses.replace(status, action=Action.FAILED, status=code)
+                    )
+                event = AuditEvent.MESSAGE_BOUNCED
+            self._audit.emit(
+                event,
+                cid=message.cid,
+                queue_id=message.id,
+                sender=message.sender,
+                recipient=recipient.address,
+                remote_mta=remote_mta,
+                tls=session.tls if session is not None else None,
+                code=reply.status,
+                reason=text,
+                attempts=recipient.attempts + 1,
+                message_ref=message.message_ref,
+            )
+        await self._send_notices(item, notices, now)
+
+    async def _record(
+        self,
+        message_id: str,
+        address: str,
+        state: State,
+        reply: str,
+        next_attempt: datetime | None = None,
+    ) -> None:
+        await asyncio.to_thread(
+            self._queue.record,
+            message_id,
+            address,
+            state,
+            reply,
+            next_attempt=next_attempt,
+        )
+
+    async def _send_notices(
+        self, item: Claimed, notices: _Notices, now: datetime
+    ) -> None:
+        message = item.message
+        for action, statuses in notices.by_action.items():
+            dsn = compose_notice(
+                hostname=self._hostname,
+                sender=message.sender,
+                envid=message.envid,
+                ret=message.ret,
+                received_at=message.received_at,
+                statuses=statuses,
+                original=item.content,
+                now=now,
+            )
+            digest = hashlib.sha256(
+                "\0".join(sorted(s.final_recipient for s in statuses)).encode()
+            ).hexdigest()[:16]
+            key = f"{message.id}:dsn-{action.value}:{digest}"
+            try:
+                await asyncio.to_thread(
+                    self._store_notice, message.sender, dsn, key, now
+                )
+            except StoreError:
+                log.exception("DSN for %s could not be stored", message.id)
+                continue
+            self._audit.emit(
+                AuditEvent.DSN_SENT,
+                cid=message.cid,
+                recipient=message.sender,
+                queue_id=message.id,
+                action=action.value,
+            )
+
+    def _store_notice(self, sender: str, dsn: bytes, key: str, now: datetime) -> None:
+        self._store.ensure_mailbox(sender)
+        self._store.deliver(
+            sender,
+            b"Return-Path: <>\r\n" + dsn,
+            delivery_key=key,
+            internal_date=now,
+        )
+
+
+def _session_reply(exc: SessionError) -> RecipientReply:
+    head = exc.reply[:3]
+    code = int(head) if head.isdigit() else 451
+    return RecipientReply("", code, exc.reply)
