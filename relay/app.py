@@ -418,6 +418,7 @@ def _outbound_delivery(
             cert_file=settings.client_cert_file or cfg.tls.cert_file,
             key_file=settings.client_key_file or cfg.tls.key_file,
             trust_anchors_file=anchors,
+            crl_files=settings.crl_files,
         )
     except TlsConfigError as exc:
         raise RelayError(str(exc)) from exc

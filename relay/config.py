@@ -223,6 +223,7 @@ class DeliverySettings:
     client_cert_file: Path | None = None
     client_key_file: Path | None = field(default=None, repr=False)
     trust_anchors_file: Path | None = None
+    crl_files: tuple[Path, ...] = ()  # peers' certificates are checked against them
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     concurrency: int = 20
     destination_concurrency: int = 4
@@ -691,6 +692,7 @@ def _delivery(t: _Table | None) -> DeliverySettings:
         client_cert_file=t.optional_path("client_cert_file"),
         client_key_file=t.optional_path("client_key_file"),
         trust_anchors_file=t.optional_path("trust_anchors_file"),
+        crl_files=t.paths("crl_files"),
         retry=retry,
         concurrency=t.integer("concurrency", 20, minimum=1),
         destination_concurrency=t.integer("destination_concurrency", 4, minimum=1),

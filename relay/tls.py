@@ -21,11 +21,12 @@ What must stay true (DESIGN §6, the MSSanté operator rules):
 from __future__ import annotations
 
 import ssl
+import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -79,9 +80,18 @@ def server_context(
 
 
 def client_context(
-    *, cert_file: Path, key_file: Path, trust_anchors_file: Path
+    *,
+    cert_file: Path,
+    key_file: Path,
+    trust_anchors_file: Path,
+    crl_files: tuple[Path, ...] = (),
 ) -> ssl.SSLContext:
-    """The context of outbound SMTP: mutual TLS with another operator's MX."""
+    """The context of outbound SMTP: mutual TLS with another operator's MX.
+
+    With ``crl_files`` (PEM or DER), a peer certificate its issuer's CRL
+    lists is refused; the CRL of the peer's issuer must then be among them
+    (OpenSSL's ``X509_V_FLAG_CRL_CHECK``: no CRL is a failure, fail closed).
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(MSSANTE_TLS12_CIPHERS)
@@ -98,7 +108,28 @@ def client_context(
         raise TlsConfigError(
             f"delivery.trust_anchors_file: cannot load {trust_anchors_file}: {exc}"
         ) from exc
+    for crl_file in crl_files:
+        _load_crl(ctx, crl_file)
+    if crl_files:
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return ctx
+
+
+def _load_crl(ctx: ssl.SSLContext, path: Path) -> None:
+    try:
+        raw = path.read_bytes()
+        crl = (
+            x509.load_pem_x509_crl(raw)
+            if raw.lstrip().startswith(b"-----")
+            else x509.load_der_x509_crl(raw)
+        )
+    except (OSError, ValueError) as exc:
+        raise TlsConfigError(f"delivery.crl_files: cannot load {path}: {exc}") from exc
+    # OpenSSL reads CRLs from a PEM file (cadata takes certificates only).
+    with tempfile.NamedTemporaryFile(suffix=".pem") as pem:
+        pem.write(crl.public_bytes(serialization.Encoding.PEM))
+        pem.flush()
+        ctx.load_verify_locations(cafile=pem.name)
 
 
 @dataclass(frozen=True, slots=True)

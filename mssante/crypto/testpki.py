@@ -268,18 +268,21 @@ class TestPKI:
         *,
         organisation: str = "OPERATEUR TEST",
         unit: str = "MSSANTE",
+        expired: bool = False,
     ) -> Issued:
         """An operator's TLS certificate, client and server (mutual TLS on MX).
 
         RSA 2048, EKU serverAuth + clientAuth, subject
         ``CN=<hostname>,OU=<unit>,O=<organisation>,C=FR`` (the DN an operator
-        whitelist names), SAN dNSName ``hostname``.
+        whitelist names), SAN dNSName ``hostname``. ``expired``: it ended 30
+        days before ``at``.
         """
         return self._tls(
             _name(hostname, o=organisation, ou=unit),
             dns=(hostname,),
             ips=(),
             eku=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+            not_after=self.at - timedelta(days=30) if expired else None,
         )
 
     def server(
@@ -395,6 +398,7 @@ class TestPKI:
         dns: tuple[str, ...],
         ips: tuple[str, ...],
         eku: list[x509.ObjectIdentifier],
+        not_after: datetime | None = None,
     ) -> Issued:
         key = _new_key("rsa")
         san: list[x509.GeneralName] = [x509.DNSName(h) for h in dns]
@@ -407,6 +411,8 @@ class TestPKI:
             ku=_key_usage(sign=True, encipher=True),
             eku=eku,
             san=san,
+            not_before=None if not_after is None else not_after - timedelta(days=365),
+            not_after=not_after,
         )
         return Issued(cert, key, (self.servers.cert,))
 

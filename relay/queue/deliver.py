@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Final
 from directory.errors import DirectoryError
 from relay.audit import AuditEvent
 from relay.queue.outbound import OutboundError
-from relay.queue.spool import SpoolError
+from relay.queue.spool import Envelope, Recipient, SpoolError
 from relay.store import StoreError
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from directory.protocol import Directory
     from relay.audit import AuditTrail
     from relay.queue.outbound import OutboundQueue
-    from relay.queue.spool import Envelope, Spool
+    from relay.queue.spool import Spool
     from relay.smime import Copies, RelaySmime
     from relay.store import MailStore
 
@@ -61,6 +61,10 @@ DEFAULT_RETRY_DELAYS: Final = (1.0, 10.0, 60.0, 300.0)
 DEFAULT_WORKERS: Final = 8
 SENT_FOLDER: Final = "Sent"
 SEEN: Final = "\\Seen"
+
+
+class NoticeError(Exception):
+    """A DSN for a remote sender could not be queued (the delivery is retried)."""
 
 
 class LocalDelivery:
@@ -265,7 +269,7 @@ class LocalDelivery:
                     flags=(SEEN,),
                 )
             self._notify_success(envelope, delivered, message)
-        except StoreError:
+        except (StoreError, NoticeError):
             log.exception("delivery of %s failed; will retry", queue_id)
             return False
         self._spool.remove(queue_id)
@@ -310,6 +314,19 @@ class LocalDelivery:
             self._on_outbound()
         return True
 
+    def _queue_notice(self, envelope: Envelope, dsn: bytes) -> None:
+        """A DSN for a sender of another operator goes back over MX."""
+        assert self._outbound is not None  # noqa: S101 - checked by the caller
+        notice = _notice_envelope(envelope, self._clock())
+        try:
+            self._outbound.enqueue(
+                notice, dsn, notice.recipients, now=notice.received_at
+            )
+        except OutboundError as exc:
+            raise NoticeError(str(exc)) from exc
+        if self._on_outbound is not None:
+            self._on_outbound()
+
     def _store_copy(
         self,
         address: str,
@@ -339,17 +356,21 @@ class LocalDelivery:
             for r in envelope.recipients
             if "SUCCESS" in r.notify and r.address in delivered
         ]
+        local_sender = self._is_local(envelope.sender)
         if (
             not wanted
             or not envelope.sender
-            or not self._is_local(envelope.sender)
+            or not (local_sender or self._outbound is not None)
             or self._success_notice is None
         ):
             return
         dsn = self._success_notice(envelope, wanted, message)
         if dsn is None:
             return
-        self._store_copy(envelope.sender, dsn, f"{envelope.queue_id}:dsn", envelope)
+        if local_sender:
+            self._store_copy(envelope.sender, dsn, f"{envelope.queue_id}:dsn", envelope)
+        else:
+            self._queue_notice(envelope, dsn)
         self._audit.emit(
             AuditEvent.DSN_SENT,
             cid=envelope.cid,
@@ -357,6 +378,20 @@ class LocalDelivery:
             queue_id=envelope.queue_id,
             action="delivered",
         )
+
+
+def _notice_envelope(envelope: Envelope, at: datetime) -> Envelope:
+    # RFC 3461 §6.2: a DSN has the null reverse-path; its queue id derives
+    # from the original's, so a replay queues it once.
+    return Envelope(
+        sender="",
+        recipients=(Recipient(address=envelope.sender),),
+        received_at=at,
+        channel="local",
+        cid=envelope.cid,
+        message_ref=envelope.message_ref,
+        queue_id=f"{envelope.queue_id}.dsn",
+    )
 
 
 def _with_return_path(sender: str, message: bytes) -> bytes:

@@ -68,7 +68,7 @@ class RecipientReply:
 
 
 def _reply_text(reply: Reply) -> str:
-    return f"{reply.code} {reply.text}".strip()
+    return str(reply)  # "550 5.1.1 text", the enhanced code kept
 
 
 class RemoteSession:
