@@ -157,7 +157,7 @@ class Side:
         self, check: Callable[[], bool], *, within: float = 15.0
     ) -> None:
         async with asyncio.timeout(within):
-            while not check():
+            while not check():  # noqa: ASYNC110 - polls the stores and the trail
                 await asyncio.sleep(0.05)
 
 
