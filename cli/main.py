@@ -29,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 from cli import accounts, output
 from cli import audit as audit_cli
 from cli import mailbox as mailbox_cli
+from cli import queue as queue_cli
 from cli import send as send_cli
 from directory import identifiers as ids
 from directory.certs import check_for_mailbox
@@ -75,6 +76,7 @@ from relay.accounts import AccountError, AccountExistsError, AccountNotFoundErro
 from relay.app import RelayError, load_master_key
 from relay.audit import AUDIT_FILE_NAME, AuditError, AuditEvent, AuditTrail
 from relay.config import DEFAULT_CONFIG_PATH, Config, ConfigError, RelaySettings, load
+from relay.queue.outbound import OutboundError, UnknownQueueIdError
 from relay.store import StoreError
 from relay.tls import TlsConfigError
 
@@ -472,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler="serve")
     accounts.add_parser(top)
     audit_cli.add_parser(top)
+    queue_cli.add_parser(top)
     send_cli.add_parser(top)
     mailbox_cli.add_parsers(top)
 
@@ -658,6 +661,8 @@ async def _run(args: argparse.Namespace, ctx: Context) -> int:
         return accounts.run_account(ctx, args)
     if handler == "audit":
         return audit_cli.run_audit(ctx, args)
+    if handler == "queue":
+        return queue_cli.run_queue(ctx, args)
     if handler == "send":
         return await asyncio.to_thread(send_cli.run_send, ctx, args)
     if handler == "inbox":
@@ -715,7 +720,9 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
         return _fail(exc, EXIT_REFUSED)
     except AccountError as exc:
         return _fail(exc, EXIT_INVALID)
-    except (RelayError, StoreError, AuditError) as exc:
+    except UnknownQueueIdError as exc:
+        return _fail(exc, EXIT_REFUSED)
+    except (RelayError, StoreError, AuditError, OutboundError) as exc:
         return _fail(exc, EXIT_REFUSED)
     except (MessageError, MessageTooLargeError) as exc:
         return _fail(exc, EXIT_INVALID)
