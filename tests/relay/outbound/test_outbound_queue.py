@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -140,7 +139,7 @@ def test_the_content_is_sealed_at_rest(tmp_path: Path) -> None:
     queue.close()
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
     assert b"Compte rendu confidentiel" not in raw
-    assert oct(os.stat(tmp_path / "outbound.sqlite3").st_mode & 0o777) == "0o600"
+    assert (tmp_path / "outbound.sqlite3").stat().st_mode & 0o777 == 0o600
     other = SqliteOutboundQueue.open(tmp_path, bytes(32))
     try:
         with pytest.raises(OutboundError, match="integrity"):
