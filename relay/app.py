@@ -35,11 +35,13 @@ from relay.accounts import (
     Mechanism,
 )
 from relay.audit import AUDIT_FILE_NAME, AuditEvent, AuditTrail
+from relay.config import PatientReadReceipts
 from relay.imap import ImapContext, ImapServer
 from relay.oauth import verifier_for
 from relay.queue.deliver import LocalDelivery
 from relay.queue.notices import success_notices
 from relay.queue.outbound import SqliteOutboundQueue
+from relay.queue.receipts import ReadReceipts
 from relay.queue.resolve import DnsResolver
 from relay.queue.spool import Spool
 from relay.queue.transfer import OutboundDelivery, TransferSettings
@@ -515,6 +517,18 @@ async def run_relay(
             outbound.append(transfer)
             transfer.start()
             stack.push_async_callback(transfer.stop)
+        if cfg.delivery.patient_read_receipts is PatientReadReceipts.ALWAYS:
+            receipts = ReadReceipts(
+                store=store,
+                spool=acceptance.spool,
+                delivery=delivery,
+                audit=acceptance.audit,
+                is_patient_address=local.is_patient_address,
+                hostname=cfg.relay.hostname,
+                clock=clock,
+            )
+            receipts.start()
+            stack.push_async_callback(receipts.stop)
         accounts = acceptance.accounts
         audit = acceptance.audit
         spool = acceptance.spool

@@ -76,6 +76,7 @@ class AuditEvent(enum.StrEnum):
     MESSAGE_QUEUED = "message.queued"
     QUEUE_CHANGED = "queue.changed"
     DSN_SENT = "dsn.sent"
+    MDN_SENT = "mdn.sent"
     SMIME_VERIFICATION_SUCCEEDED = "smime.verification.succeeded"
     SMIME_VERIFICATION_FAILED = "smime.verification.failed"
     SMIME_SEALED = "smime.message.sealed"
