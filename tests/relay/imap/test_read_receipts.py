@@ -45,7 +45,7 @@ def _read_all(h: Harness) -> list[bytes]:
     client = imaps(h, patient_address(PATIENT))
     try:
         client.select("INBOX")
-        _, data = client.fetch("1:*", "(BODY[])")  # not PEEK: sets \Seen
+        client.fetch("1:*", "(BODY[])")  # not PEEK: sets \Seen
         typ, flags = client.fetch("1:*", "(FLAGS)")
         assert typ == "OK"
         return [f for f in flags if isinstance(f, bytes)]
