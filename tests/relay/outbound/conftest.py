@@ -212,7 +212,7 @@ def message(
     return "\r\n".join(lines).encode()
 
 
-def _config(
+def config_data(
     tmp: Path,
     *,
     domain: str,
@@ -222,48 +222,50 @@ def _config(
     certs: Certificates,
     dns: LoopbackDns,
     delivery: dict[str, Any],
-) -> Config:
+) -> dict[str, Any]:
+    """One operator's relay config, as the TOML file would hold it."""
     listener = {"host": "127.0.0.1", "port": 0}
-    return parse(
-        {
-            "relay": {
-                "data_dir": str(tmp / "data"),
-                "domain": domain,
-                "hostname": "mx." + domain,
-            },
-            "tls": {
-                "cert_file": str(cert[0]),
-                "key_file": str(cert[1]),
-                "trust_anchors_file": str(certs.ca),
-            },
-            "smtp": {
-                "submission": listener,
-                "submissions": {"enabled": False},
-                "mx": {"host": ip, "port": port},
-                "timeout": 30.0,
-            },
-            "auth": {
-                "failure_delay": 0.0,
-                "argon2_time_cost": 1,
-                "argon2_memory_kib": 1024,
-                "argon2_parallelism": 1,
-            },
-            "delivery": {
-                "port": port,
-                "nameservers": [dns.host],
-                "dns_port": dns.port,
-                "minimal_backoff": 0.3,
-                "maximal_backoff": 1.0,
-                "connect_timeout": 5.0,
-                "command_timeout": 10.0,
-                **delivery,
-            },
+    return {
+        "relay": {
+            "data_dir": str(tmp / "data"),
+            "domain": domain,
+            "hostname": "mx." + domain,
         },
-        tmp,
-    )
+        "tls": {
+            "cert_file": str(cert[0]),
+            "key_file": str(cert[1]),
+            "trust_anchors_file": str(certs.ca),
+        },
+        "smtp": {
+            "submission": listener,
+            "submissions": {"enabled": False},
+            "mx": {"host": ip, "port": port},
+            "timeout": 30.0,
+        },
+        "auth": {
+            "failure_delay": 0.0,
+            "argon2_time_cost": 1,
+            "argon2_memory_kib": 1024,
+            "argon2_parallelism": 1,
+        },
+        "delivery": {
+            "port": port,
+            "nameservers": [dns.host],
+            "dns_port": dns.port,
+            "minimal_backoff": 0.3,
+            "maximal_backoff": 1.0,
+            "connect_timeout": 5.0,
+            "command_timeout": 10.0,
+            **delivery,
+        },
+    }
 
 
-async def _seed(
+def _config(tmp: Path, **kw: Any) -> Config:  # noqa: ANN401 - config_data's keywords
+    return parse(config_data(tmp, **kw), tmp)
+
+
+async def seed(
     cfg: Config, doctor: str, rpps: str, peer_domain: str, peer_dn: str
 ) -> None:
     directory = await open_directory(cfg.directory)
@@ -323,10 +325,10 @@ def operators(
             dns=dns_server,
             delivery={},
         )
-        await _seed(
+        await seed(
             cfg_a, DOCTOR_A, samples.RPPS_1, DOMAIN_B, a_whitelists or certificates.b[2]
         )
-        await _seed(cfg_b, DOCTOR_B, samples.RPPS_2, DOMAIN_A, certificates.a[2])
+        await seed(cfg_b, DOCTOR_B, samples.RPPS_2, DOMAIN_A, certificates.a[2])
         async with (
             run_relay(cfg_a, drain_timeout=5) as relay_a,
             run_relay(cfg_b, drain_timeout=5) as relay_b,
