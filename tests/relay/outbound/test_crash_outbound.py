@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from relay.app import run_relay
 from relay.config import load, parse
+from tests.directory import samples
 from tests.relay.outbound.conftest import (
     DOCTOR_A,
     DOCTOR_B,
@@ -37,7 +38,6 @@ from tests.relay.outbound.conftest import (
     message,
     seed,
 )
-from tests.directory import samples
 from tests.support import serve
 
 if TYPE_CHECKING:
