@@ -92,7 +92,7 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     )
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """A port free on both MX addresses."""
     for _ in range(50):
         with socket.socket() as a:
@@ -303,7 +303,7 @@ def operators(
         a_whitelists: str | None = None,
         a_delivery: dict[str, Any] | None = None,
     ) -> AsyncIterator[Pair]:
-        port = _free_port()
+        port = free_port()
         served_b = b_cert or certificates.b
         cfg_a = _config(
             tmp_path / "a",

@@ -33,8 +33,8 @@ from tests.relay.outbound.conftest import (
     IP_B,
     PASSWORD,
     Side,
-    _free_port,
     config_data,
+    free_port,
     message,
     seed,
 )
@@ -95,7 +95,7 @@ def _submit(port: int, ca: Path, acked: list[str], stop: threading.Event) -> Non
 async def test_sigkill_while_delivering_to_another_operator_loses_nothing(
     tmp_path: Path, certificates: Certificates, dns_server: LoopbackDns
 ) -> None:
-    port = _free_port()
+    port = free_port()
     common: dict[str, Any] = {
         "port": port,
         "certs": certificates,
