@@ -11,6 +11,7 @@ from directory.config import Backend
 from relay.config import (
     ConfigError,
     EncryptionProfile,
+    PatientReadReceipts,
     RevocationMode,
     SmimePeer,
     load,
@@ -214,3 +215,33 @@ def test_invalid_smime_config_names_the_key(
 ) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load(write(tmp_path, RELAY + text))
+
+
+# -- [delivery] ------------------------------------------------------------------
+
+
+def test_delivery_defaults_are_postfix_like(tmp_path: Path) -> None:
+    delivery = load(write(tmp_path, RELAY)).delivery
+    assert delivery.enabled
+    assert delivery.port == 25
+    assert delivery.retry.minimal_backoff == 300
+    assert delivery.retry.lifetime == 5 * 24 * 3600
+    assert delivery.patient_read_receipts is PatientReadReceipts.ALWAYS
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("port = 70000", "delivery.port: 70000 is not a port"),
+        ("minimal_backoff = 10\nmaximal_backoff = 5", "delivery.maximal_backoff"),
+        ('client_cert_file = "c.pem"', "delivery.client_key_file"),
+        ('patient_read_receipts = "never"', "delivery.patient_read_receipts"),
+        ("nameservers = [53]", "delivery.nameservers: expected a list of strings"),
+        ("retry = 3", "delivery.retry: unknown key"),
+    ],
+)
+def test_invalid_delivery_config_names_the_key(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", "\\.")):
+        load(write(tmp_path, RELAY + "[delivery]\n" + text + "\n"))

@@ -315,6 +315,67 @@ def test_recipient_outside_local_domains_is_relay_denied() -> None:
     assert decision.reply == policy.R554_RELAY_DENIED
 
 
+REMOTE_B = policy.RemoteDomain(
+    domain="hopital-b.example", operator=samples.operator("hopital-b.example")
+)
+
+
+def test_a_whitelisted_operators_address_is_accepted_listed_or_not() -> None:
+    listed = samples.mailbox("dr@hopital-b.example")
+    for entry in (listed, None):
+        decision = policy.check_recipient(
+            professional(), "dr@hopital-b.example", entry, LOCAL, 0, NOW, REMOTE_B
+        )
+        assert decision.accepted, decision.reason
+
+
+@pytest.mark.parametrize(
+    ("remote", "entry", "reply"),
+    [
+        (
+            policy.RemoteDomain(domain="gmail.example", operator=None),
+            None,
+            policy.R550_DOMAIN_NOT_TRUSTED,
+        ),
+        (
+            policy.RemoteDomain(
+                domain="hopital-b.example",
+                operator=samples.operator("hopital-b.example", status=Status.SUSPENDED),
+            ),
+            None,
+            policy.R550_DOMAIN_NOT_TRUSTED,
+        ),
+        (
+            REMOTE_B,
+            samples.mailbox("dr@hopital-b.example", status=Status.REVOKED),
+            policy.R550_MAILBOX_DISABLED,
+        ),
+    ],
+    ids=["no operator", "operator suspended", "listed and revoked"],
+)
+def test_remote_recipients_outside_the_trust_space_are_refused(
+    remote: policy.RemoteDomain, entry: object, reply: policy.Reply
+) -> None:
+    assert entry is None or isinstance(entry, type(DOCTOR))
+    decision = policy.check_recipient(
+        professional(), "dr@" + remote.domain, entry, LOCAL, 0, NOW, remote
+    )
+    assert decision.reply == reply
+
+
+def test_a_patient_writes_to_another_operator_only_under_the_patient_rules() -> None:
+    listed = samples.mailbox("dr@hopital-b.example")
+    decision = policy.check_recipient(
+        patient_sender(), listed.address, listed, LOCAL, 0, NOW, REMOTE_B
+    )
+    assert decision.accepted
+    assert decision.needs_thread  # checked at DATA like a local professional
+    unlisted = policy.check_recipient(
+        patient_sender(), "x@hopital-b.example", None, LOCAL, 0, NOW, REMOTE_B
+    )
+    assert unlisted.reply == policy.R550_MAILBOX_UNKNOWN
+
+
 def test_unknown_recipient_550_511() -> None:
     decision = policy.check_recipient(
         professional(), "nobody@medecin.mssante.fr", None, LOCAL, 0, NOW
