@@ -216,3 +216,22 @@ async def test_a_deferral_past_the_queue_lifetime_bounces(
         assert status.diagnostic_code is not None
         assert "gave up" in status.diagnostic_code
         assert pair.b.messages(DOCTOR_B) == []
+
+
+async def test_a_sender_who_asked_gets_one_delay_notice(
+    operators: Callable[..., contextlib.AbstractAsyncContextManager[Pair]],
+    certificates: Certificates,
+) -> None:
+    async with operators(
+        a_whitelists=certificates.stranger[2], a_delivery={"delay_warning": 0.5}
+    ) as pair:
+        assert await pair.send(pair.a, [DOCTOR_B], message(DOCTOR_A, DOCTOR_B)) == {}
+        await pair.a.wait_for(lambda: len(_dsns(pair.a, DOCTOR_A)) == 1)
+        dsn = parse_dsn(_dsns(pair.a, DOCTOR_A)[0])
+        [status] = dsn.recipients
+        assert status.action.value == "delayed"
+        assert status.status.startswith("4.")
+        assert status.will_retry_until is not None
+        # Further deferrals send no second notice.
+        await pair.a.wait_for(lambda: len(pair.a.events("message.deferred")) >= 3)
+        assert len(_dsns(pair.a, DOCTOR_A)) == 1
