@@ -47,7 +47,11 @@ if TYPE_CHECKING:
 
 OUTBOUND_FILE_NAME: Final = "outbound.sqlite3"
 NONCE_SIZE: Final = 12
-DEFAULT_LEASE: Final = 600.0  # seconds a claimed recipient stays with its worker
+# Seconds a claimed recipient stays with its session: longer than a batch can
+# take with RFC 5321's timeouts, so that no second session sends it meanwhile.
+DEFAULT_LEASE: Final = 1800.0
+# A claim stops adding messages past this many bytes (it holds them in memory).
+CLAIM_BYTES: Final = 50 * 1024 * 1024
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -343,16 +347,19 @@ class SqliteOutboundQueue:
     ) -> list[Claimed]:
         until = _ts(now + timedelta(seconds=lease))
         with self._tx() as db:
-            ids = [
-                str(row[0])
-                for row in db.execute(
-                    "SELECT DISTINCT r.message_id FROM recipients r JOIN messages m"
-                    " ON m.id = r.message_id WHERE r.domain = ? AND r.state = ?"
-                    " AND r.next_attempt <= ? AND r.lease_until <= ? AND m.held = 0"
-                    " ORDER BY r.message_id LIMIT ?",
-                    (domain, State.QUEUED.value, _ts(now), _ts(now), limit),
-                )
-            ]
+            ids: list[str] = []
+            total = 0
+            for message_id, size in db.execute(
+                "SELECT DISTINCT r.message_id, m.size FROM recipients r JOIN messages m"
+                " ON m.id = r.message_id WHERE r.domain = ? AND r.state = ?"
+                " AND r.next_attempt <= ? AND r.lease_until <= ? AND m.held = 0"
+                " ORDER BY r.message_id LIMIT ?",
+                (domain, State.QUEUED.value, _ts(now), _ts(now), limit),
+            ):
+                if ids and total + int(size) > CLAIM_BYTES:
+                    break
+                ids.append(str(message_id))
+                total += int(size)
             claimed = []
             for message_id in ids:
                 recipients = [

@@ -136,8 +136,6 @@ class OutboundDelivery:
         self._active: dict[str, int] = {}
         self._sessions: set[asyncio.Task[None]] = set()
         self._scheduler: asyncio.Task[None] | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -154,20 +152,6 @@ class OutboundDelivery:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._scheduler = None
-
-    async def idle(self, *, within: float) -> bool:
-        """Wait until no session runs and nothing is due now (for tests, drain)."""
-        try:
-            async with asyncio.timeout(within):
-                while True:
-                    await self._idle.wait()
-                    due = await asyncio.to_thread(self._queue.due, self._clock())
-                    if not due and not self._sessions:
-                        return True
-                    self.wake()
-                    await asyncio.sleep(0.02)
-        except TimeoutError:
-            return False
 
     # -- scheduling -----------------------------------------------------------
 
@@ -200,7 +184,6 @@ class OutboundDelivery:
 
     def _start_session(self, domain: str) -> None:
         self._active[domain] = self._active.get(domain, 0) + 1
-        self._idle.clear()
         task = asyncio.create_task(self._destination(domain), name=f"outbound-{domain}")
         self._sessions.add(task)
 
@@ -211,8 +194,12 @@ class OutboundDelivery:
                 self._active[domain] = left
             else:
                 self._active.pop(domain, None)
-            if not self._sessions:
-                self._idle.set()
+            if not finished.cancelled() and (error := finished.exception()) is not None:
+                # A bug or a queue failure: the leased recipients come back
+                # when their lease ends; say what happened, without content.
+                log.error(
+                    "outbound session for %s failed: %s", domain, type(error).__name__
+                )
             self.wake()
 
         task.add_done_callback(done)
