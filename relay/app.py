@@ -312,6 +312,7 @@ async def accepting(
             smime=smime,
             authenticator=authenticator,
             remote_delivery=cfg.delivery.enabled,
+            patients=cfg.patients,
         )
         await _smtp_listeners(cfg, RelayHandler(ctx), acceptance, ports, reuse_port)
         try:

@@ -77,6 +77,7 @@ class AuditEvent(enum.StrEnum):
     QUEUE_CHANGED = "queue.changed"
     DSN_SENT = "dsn.sent"
     MDN_SENT = "mdn.sent"
+    PATIENT_NOTICE_SENT = "patient.notice.sent"
     SMIME_VERIFICATION_SUCCEEDED = "smime.verification.succeeded"
     SMIME_VERIFICATION_FAILED = "smime.verification.failed"
     SMIME_SEALED = "smime.message.sealed"

@@ -38,6 +38,7 @@ from relay.oauth import (
     DEFAULT_JWKS_CACHE_TTL,
     TokenRules,
 )
+from relay.patients import EmergencyNotice, PatientSettings
 from relay.policy import SignatureAction
 from relay.queue.schedule import (
     DEFAULT_DELAY_WARNING,
@@ -306,6 +307,7 @@ class Config:
     auth: AuthSettings = field(default_factory=AuthSettings)
     smime: SmimeSettings | None = None  # None: no verification, sealing, encryption
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    patients: PatientSettings = field(default_factory=PatientSettings)
     source: Path | None = None  # the file it was read from
 
     @property
@@ -713,6 +715,39 @@ def _delivery(t: _Table | None) -> DeliverySettings:
     return settings
 
 
+def _emergency(t: _Table, default: EmergencyNotice) -> EmergencyNotice:
+    enabled = t.flag("emergency_notice", default.enabled)
+    path = t.optional_path("emergency_notice_file")
+    if path is None:
+        return EmergencyNotice(enabled=enabled, text=default.text)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{t.name}.emergency_notice_file: cannot read {path}: {exc}"
+        ) from None
+    if not text.strip():
+        raise ConfigError(f"{t.name}.emergency_notice_file: {path} is empty")
+    return EmergencyNotice(enabled=enabled, text=text)
+
+
+def _patients(t: _Table | None) -> PatientSettings:
+    if t is None:
+        return PatientSettings()
+    emergency = _emergency(t, EmergencyNotice())
+    overrides: list[tuple[str, EmergencyNotice]] = []
+    table = t.table("overrides")
+    if table is not None:
+        for key in table.names():
+            entry = table.table(key)
+            assert entry is not None  # noqa: S101 - the key exists
+            overrides.append((key, _emergency(entry, emergency)))
+            entry.done()
+        table.done()
+    t.done()
+    return PatientSettings(emergency=emergency, overrides=tuple(overrides))
+
+
 def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Config:
     """Build a :class:`Config` from parsed TOML; paths relative to ``base``."""
     root = _Table("", data, base)
@@ -726,6 +761,7 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
     auth = _auth(root.table("auth"), directory_production=directory.production)
     smime = _smime(root.table("smime"))
     delivery = _delivery(root.table("delivery"))
+    patients = _patients(root.table("patients"))
     root.done()
     return Config(
         relay=relay,
@@ -736,6 +772,7 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
         auth=auth,
         smime=smime,
         delivery=delivery,
+        patients=patients,
         source=source,
     )
 

@@ -25,7 +25,7 @@ import email.utils
 import logging
 import traceback
 from base64 import b64decode
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -42,6 +42,11 @@ from relay.oauth import (
     error_challenge,
     parse_oauthbearer,
     parse_xoauth2,
+)
+from relay.patients import (
+    PatientSettings,
+    compose_emergency_notice,
+    patient_initiated,
 )
 from relay.queue.spool import Envelope, Recipient, SpoolError
 from relay.smime import SIGNATURE_HEADER, may_be_smime_signed, strip_field
@@ -101,6 +106,7 @@ class HandlerContext:
     # Recipients of other operators' domains are accepted on submission
     # (and queued for outbound delivery); False: relaying is refused.
     remote_delivery: bool = False
+    patients: PatientSettings = field(default_factory=PatientSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -646,7 +652,60 @@ class RelayHandler:
             size=len(stored),
         )
         self._ctx.delivery.submit(spooled.queue_id)
+        if sender.role is policy.Role.PATIENT and patient_initiated(references):
+            await self._answer_patient(server, envelope, sender, message_id, now)
         return f"250 2.0.0 Ok: queued as {spooled.queue_id}"
+
+    async def _answer_patient(
+        self,
+        server: RelaySMTP,
+        envelope: RelayEnvelope,
+        sender: policy.SenderFacts,
+        message_id: str,
+        now: datetime,
+    ) -> None:
+        """Issue 10: "not an emergency channel", once per professional recipient.
+
+        After the message is spooled: a notice that cannot be written is
+        logged, it never turns an accepted message into a refusal.
+        """
+        ctx = self._ctx
+        for entry in envelope.thread_checks.values():
+            if not isinstance(entry, Mailbox):
+                continue
+            notice = ctx.patients.emergency_for(entry)
+            if not notice.enabled:
+                continue
+            data = compose_emergency_notice(
+                professional=entry,
+                patient=sender.address,
+                original_id=message_id,
+                notice=notice,
+                hostname=ctx.hostname,
+                now=now,
+            )
+            # RFC 3834 §3.3: an automatic answer goes with the null sender.
+            answer = Envelope(
+                sender="",
+                recipients=(Recipient(address=sender.address),),
+                received_at=now,
+                channel="local",
+                cid=server.cid,
+            )
+            try:
+                spooled = await asyncio.to_thread(ctx.spool.write, answer, data)
+            except (OSError, SpoolError) as exc:
+                log.error("emergency notice not spooled: %s", type(exc).__name__)
+                continue
+            ctx.audit.emit(
+                AuditEvent.PATIENT_NOTICE_SENT,
+                cid=server.cid,
+                kind="not-an-emergency-channel",
+                actor=entry.address,
+                recipient=sender.address,
+                queue_id=spooled.queue_id,
+            )
+            ctx.delivery.submit(spooled.queue_id)
 
     async def _check_signature(
         self,
