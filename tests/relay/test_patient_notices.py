@@ -3,8 +3,9 @@ gets an automatic answer (RFC 3834) naming 15 and 112; a reply does not."""
 
 from __future__ import annotations
 
-import email
 import email.policy
+from email.message import EmailMessage
+from email.parser import BytesParser
 from typing import TYPE_CHECKING
 
 from tests.relay.test_smtp import message
@@ -48,11 +49,9 @@ async def _conversation(h: Harness, *, in_thread: bool) -> None:
     await h.delivered()  # the answer is spooled after the patient's 250
 
 
-def _answers(h: Harness) -> list[email.message.Message]:
-    parsed = [
-        email.message_from_bytes(raw, policy=email.policy.default)
-        for raw in h.messages(PATIENT_ADDR)
-    ]
+def _answers(h: Harness) -> list[EmailMessage]:
+    parser = BytesParser(_class=EmailMessage, policy=email.policy.default)
+    parsed = [parser.parsebytes(raw) for raw in h.messages(PATIENT_ADDR)]
     return [m for m in parsed if m.get("Auto-Submitted") == "auto-replied"]
 
 
@@ -61,7 +60,7 @@ async def test_a_patient_starting_a_conversation_is_told_it_is_no_emergency_line
 ) -> None:
     await _conversation(relay, in_thread=False)
     [answer] = _answers(relay)
-    assert answer["From"].addresses[0].addr_spec == DOCTOR.address
+    assert DOCTOR.address in str(answer["From"])
     assert answer["In-Reply-To"] == "<p1@patient.mssante.example>"
     assert answer["Return-Path"] == "<>"
     text = answer.get_content()
