@@ -117,6 +117,7 @@ OURS_B_IP: Final = "127.0.0.3"
 POSTFIX_A_IP: Final = "127.0.0.4"
 POSTFIX_B_IP: Final = "127.0.0.5"
 SERVERS: Final = ("postfix", "ours")
+TLSPROXY: Final = "tlsproxy  unix  -       -       n       -       0       tlsproxy\n"
 
 
 # --- certificates ----------------------------------------------------------------
@@ -211,7 +212,13 @@ def _no_files(directory: Path) -> bool:
 
 
 def _relay_toml_a(
-    work: Path, pki: Pki, port: int, dns: LoopbackDns, *, cheap_logins: bool
+    work: Path,
+    pki: Pki,
+    port: int,
+    dns: LoopbackDns,
+    *,
+    cheap_logins: bool,
+    destination_concurrency: int | None,
 ) -> Path:
     path = work / "relay.toml"
     path.write_text(
@@ -242,6 +249,11 @@ dns_port = {dns.port}
 client_cert_file = "{pki.a.cert}"
 client_key_file = "{pki.a.key}"
 """
+        + (
+            ""
+            if destination_concurrency is None
+            else f"destination_concurrency = {destination_concurrency}\n"
+        )
         + (CHEAP_AUTH if cheap_logins else ""),
         encoding="utf-8",
     )
@@ -412,6 +424,7 @@ def ours(
     expected: int,
     *,
     cheap_logins: bool,
+    destination_concurrency: int | None = None,
 ) -> Iterator[Running]:
     """A and B started; once stopped, ``expected`` messages must be in B's
     INBOXes and in A's Sent folders."""
@@ -426,7 +439,14 @@ def ours(
         ):
             dns.add(domain, "MX", f"10 {mx}.")
             dns.add(mx, "A", ip)
-        config_a = _relay_toml_a(work_a, pki, port, dns, cheap_logins=cheap_logins)
+        config_a = _relay_toml_a(
+            work_a,
+            pki,
+            port,
+            dns,
+            cheap_logins=cheap_logins,
+            destination_concurrency=destination_concurrency,
+        )
         config_b = _relay_toml_b(work_b, pki, port, dns)
         asyncio.run(
             _seed_side(
@@ -508,8 +528,9 @@ def _private_copy(source: Path, etc: Path) -> Path:
 
 @contextlib.contextmanager
 def postfix_pair(
-    work: Path, pki: Pki, party_list: Sequence[Party]
+    work: Path, pki: Pki, party_list: Sequence[Party], *, tls_reuse: bool = True
 ) -> Iterator[Running]:
+    """Postfix B then A started; A's submission is where to send."""
     work.mkdir(parents=True, exist_ok=True)
     work.chmod(0o755)
     nobody = pwd.getpwnam("nobody")
@@ -571,12 +592,16 @@ def postfix_pair(
             smtp_tls_CAfile=ca,
             smtp_tls_cert_file=str(pki.a.cert),
             smtp_tls_key_file=str(_private_copy(pki.a.key, etc_a)),
+            # Reuse of TLS connections goes through tlsproxy(8); without it
+            # (Postfix's default) every delivery makes a new TLS handshake,
+            # while ours sends up to 500 messages per connection.
+            smtp_tls_connection_reuse="yes" if tls_reuse else "no",
         ),
         encoding="utf-8",
     )
     for etc, ip, port in ((etc_a, POSTFIX_A_IP, port_a), (etc_b, POSTFIX_B_IP, port_b)):
         (etc / "master.cf").write_text(
-            MASTER_CF.format(host=ip, port=port), encoding="utf-8"
+            MASTER_CF.format(host=ip, port=port) + TLSPROXY, encoding="utf-8"
         )
     started: list[Path] = []
     try:
@@ -671,7 +696,8 @@ def run(args: argparse.Namespace) -> int:
         " outbound queue, MX lookup (loopback DNS), STARTTLS to B with A's operator"
         " certificate, B's chain + MX name + whitelist checked; B = MX, A's"
         " certificate checked against its whitelist, spool fsync, encrypted INBOX;"
-        " [delivery] defaults (4 sessions per destination); argon2id "
+        f" [delivery] destination_concurrency = {args.destination_concurrency or '4 (default)'};"
+        " argon2id "
         + (
             "t=1 m=1MiB p=1 (cheap logins: 20 logins must not dominate)"
             if cheap
@@ -699,7 +725,9 @@ def run(args: argparse.Namespace) -> int:
         for name in servers:
             where = work / name
             if name == "postfix":
-                with postfix_pair(where, pki, party_list) as running:
+                with postfix_pair(
+                    where, pki, party_list, tls_reuse=not args.postfix_no_tls_reuse
+                ) as running:
                     results += measure_server(
                         running,
                         pki.submission,
@@ -715,7 +743,12 @@ def run(args: argparse.Namespace) -> int:
                     )
             else:
                 with ours(
-                    where, pki, party_list, expected, cheap_logins=cheap
+                    where,
+                    pki,
+                    party_list,
+                    expected,
+                    cheap_logins=cheap,
+                    destination_concurrency=args.destination_concurrency,
                 ) as running:
                     results += measure_server(
                         running,
@@ -729,7 +762,13 @@ def run(args: argparse.Namespace) -> int:
             notes.append(
                 "postfix: A = smtpd STARTTLS (encrypt), no AUTH (no SASL without"
                 " Dovecot/Cyrus), transport_maps to B, smtp_tls_security_level ="
-                " secure (chain + MX name), A's operator certificate; B = smtpd"
+                " secure (chain + MX name), A's operator certificate, "
+                + (
+                    "smtp_tls_connection_reuse = no (Postfix's default)"
+                    if args.postfix_no_tls_reuse
+                    else "smtp_tls_connection_reuse = yes (tlsproxy)"
+                )
+                + "; B = smtpd"
                 " encrypt + smtpd_tls_req_ccert, client certificate fingerprint"
                 " whitelisted (check_ccert_access), virtual(8) into Maildirs"
             )
@@ -765,6 +804,18 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--no-install", action="store_true", help="never apt-get install postfix"
+    )
+    p.add_argument(
+        "--destination-concurrency",
+        type=int,
+        default=None,
+        help="ours: A's [delivery] destination_concurrency (default: the relay's, 4)",
+    )
+    p.add_argument(
+        "--postfix-no-tls-reuse",
+        action="store_true",
+        help="Postfix A with its default smtp_tls_connection_reuse = no:"
+        " one TLS handshake per delivery",
     )
     p.add_argument(
         "--production-logins",
