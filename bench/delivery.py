@@ -18,8 +18,9 @@ B over SMTP with mutual TLS; both pairs run on loopback:
   ``config_directory``, ``queue_directory``, ``data_directory``). A takes
   submission without AUTH (Postfix has no SASL without Dovecot or Cyrus) and
   relays B's domain through ``transport_maps`` to B's address, with
-  ``smtp_tls_security_level = secure`` (chain and MX name, the same CA) and
-  A's operator certificate as client certificate. B requires TLS and a
+  ``smtp_tls_security_level = secure`` (chain and MX name, the same CA),
+  A's operator certificate as client certificate, and TLS connections
+  reused through ``tlsproxy`` (ours keeps its connections too). B requires TLS and a
   verified client certificate whose fingerprint it whitelists
   (``check_ccert_access``), then delivers through ``virtual`` into Maildirs.
 
