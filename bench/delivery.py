@@ -51,6 +51,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -375,7 +376,7 @@ def _relay(name: str, config: Path, log: Path) -> Iterator[subprocess.Popen[byte
     started = time.monotonic()
     try:
         yield proc
-        proc.send_signal(15)  # SIGTERM: the relay drains and stops
+        proc.send_signal(signal.SIGTERM)  # the relay drains and stops
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         print(
