@@ -132,3 +132,18 @@ def test_bench_imap_quick_prints_bench_lines_or_says_dovecot_is_missing(
     assert {"logins", "fetch_headers", "fetch_bodies", "search_text"} <= metrics
     assert "idle_memory_per_connection" in metrics
     assert all(" ours=" in line and " ratio=" in line for line in lines)
+
+
+def test_bench_delivery_quick_moves_every_message_from_a_to_b(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench import delivery as bench_delivery
+
+    assert bench_delivery.main(["--quick", "--messages", "6", "--sessions", "2"]) == 0
+
+    out = capsys.readouterr().out
+    # The bench fails (status 1) when B's INBOXes or A's Sent folders miss one.
+    assert "ours -> ours  5KB    6 " in out
+    assert "ours -> ours  100KB  6 " in out
+    assert "Postfix: skipped: --quick" in out
+    assert "BENCH delivery" not in out  # no reference, no ratio
