@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from relay.app import (
-    SpoolOnly,
     accepting,
     load_master_key,
     quiet_protocol_traces,
     small_tls_buffers,
+    spool_only,
 )
 from relay.config import load
 
@@ -59,7 +59,7 @@ async def serve(config_path: Path, ports: dict[str, int]) -> int:
     async with accepting(
         cfg,
         master,
-        lambda _: SpoolOnly(),
+        spool_only,
         clock=_now,
         ports=ports,
         reuse_port=True,

@@ -36,11 +36,12 @@ from relay.accounts import (
 from relay.audit import AUDIT_FILE_NAME, AuditEvent, AuditTrail
 from relay.imap import ImapContext, ImapServer
 from relay.oauth import verifier_for
+from relay.queue.commit import SpoolCommitter
 from relay.queue.deliver import LocalDelivery
 from relay.queue.notices import success_notices
 from relay.queue.spool import Spool
 from relay.smime import RelaySmime
-from relay.smtp.handler import Deliveries, HandlerContext, RelayHandler
+from relay.smtp.handler import HandlerContext, RelayHandler
 from relay.smtp.server import RelaySMTP
 from relay.store import MailStore, MasterKey
 from relay.threads import ThreadStore
@@ -198,11 +199,10 @@ async def _acceptor_processes(
                 await proc.wait()
 
 
-class SpoolOnly:
+def spool_only(acceptance: Acceptance) -> Callable[[str], None]:
     """An acceptor process announces nothing: the relay polls the spool."""
-
-    def submit(self, queue_id: str) -> None:
-        del queue_id
+    del acceptance
+    return lambda name: None
 
 
 @dataclass(slots=True)
@@ -226,7 +226,7 @@ class Acceptance:
 async def accepting(
     cfg: Config,
     master: MasterKey,
-    deliveries: Callable[[Acceptance], Deliveries],
+    deliveries: Callable[[Acceptance], Callable[[str], None]],
     *,
     clock: Callable[[], datetime],
     ports: dict[str, int] | None = None,
@@ -292,12 +292,14 @@ async def accepting(
             plain_ctx=plain_ctx,
             throttle=throttle,
         )
+        # Group commit: what is spooled is announced to delivery by file.
+        committer = SpoolCommitter(spool, deliveries(acceptance))
+        stack.push_async_callback(committer.close)
         ctx = HandlerContext(
             directory=directory,
             audit=audit,
-            spool=spool,
+            spool=committer,
             threads=threads,
-            delivery=deliveries(acceptance),
             local=local_domains(cfg),
             hostname=cfg.relay.hostname,
             clock=clock,
@@ -413,7 +415,7 @@ async def run_relay(
         local = local_domains(cfg)
         made: list[LocalDelivery] = []
 
-        def local_delivery(acceptance: Acceptance) -> LocalDelivery:
+        def local_delivery(acceptance: Acceptance) -> Callable[[str], None]:
             delivery = LocalDelivery(
                 spool=acceptance.spool,
                 store=store,
@@ -425,7 +427,7 @@ async def run_relay(
                 directory=acceptance.directory,
             )
             made.append(delivery)
-            return delivery
+            return delivery.submit
 
         acceptance = await stack.enter_async_context(
             accepting(

@@ -60,7 +60,6 @@ if TYPE_CHECKING:
     from relay.accounts import Authenticator, Outcome
     from relay.audit import AuditTrail
     from relay.oauth import BearerResponse
-    from relay.queue.spool import Spool
     from relay.smime import RelaySmime
     from relay.threads import ThreadStore
 
@@ -77,11 +76,12 @@ R553_BAD_ADDRESS: Final = policy.Reply(553, "5.1.3", "Address syntax rejected")
 R554_NO_FROM: Final = policy.Reply(554, "5.6.0", "Message has no valid From header")
 
 
-class Deliveries(Protocol):
-    """Where an accepted message is announced: the relay's local delivery, or
-    nothing in an acceptor process (the relay polls the spool)."""
+class SpoolWriter(Protocol):
+    """Where an accepted message goes before its ``250``
+    (:class:`relay.queue.commit.SpoolCommitter`): durable on return, and
+    announced to delivery by the writer."""
 
-    def submit(self, queue_id: str) -> None: ...
+    async def write(self, envelope: Envelope, message: bytes) -> Envelope: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,9 +90,8 @@ class HandlerContext:
 
     directory: Directory
     audit: AuditTrail
-    spool: Spool
+    spool: SpoolWriter
     threads: ThreadStore
-    delivery: Deliveries
     local: policy.LocalDomains
     hostname: str
     clock: Callable[[], datetime]
@@ -587,10 +586,17 @@ class RelayHandler:
             message_ref=self._ctx.audit.message_ref(message_id) if message_id else "",
         )
         try:
-            await asyncio.to_thread(
-                self._record_threads, sender, envelope, headers, message_id, references
-            )
-            spooled = await asyncio.to_thread(self._ctx.spool.write, spooled, stored)
+            if self._concerns_threads(sender, envelope, message_id):
+                await asyncio.to_thread(
+                    self._record_threads,
+                    sender,
+                    envelope,
+                    headers,
+                    message_id,
+                    references,
+                )
+            # Durable on return, shared with the messages ending meanwhile.
+            spooled = await self._ctx.spool.write(spooled, stored)
         except (OSError, SpoolError) as exc:
             self._ctx.audit.emit(
                 AuditEvent.MESSAGE_REJECTED,
@@ -612,7 +618,6 @@ class RelayHandler:
             message_ref=spooled.message_ref,
             size=len(stored),
         )
-        self._ctx.delivery.submit(spooled.queue_id)
         return f"250 2.0.0 Ok: queued as {spooled.queue_id}"
 
     async def _check_signature(
@@ -686,6 +691,16 @@ class RelayHandler:
             if not decision.accepted:
                 return decision
         return None
+
+    def _concerns_threads(
+        self, sender: policy.SenderFacts, envelope: RelayEnvelope, message_id: str
+    ) -> bool:
+        """Whether :meth:`_record_threads` has anything to record (no thread
+        hop for the common professional-to-professional message)."""
+        return bool(message_id) and (
+            sender.role is policy.Role.PATIENT
+            or any(self._ctx.local.is_patient_address(r) for r in envelope.rcpt_tos)
+        )
 
     def _record_threads(
         self,
