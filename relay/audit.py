@@ -186,9 +186,12 @@ class _ChainedFile:
                     record["mac"] = _mac(self._key, record)
                     lines.append(_canonical(record) + b"\n")
                     head = Head(record["seq"], record["mac"])
-                self._file.write(b"".join(lines))
+                data = b"".join(lines)
+                self._file.write(data)
                 self._file.flush()
-                self._known_size = os.fstat(self._file.fileno()).st_size
+                # O_APPEND under the exclusive lock: the file grew by exactly
+                # this much (no second fstat).
+                self._known_size += len(data)
                 self._head = head
                 return head
             finally:

@@ -27,7 +27,7 @@ import traceback
 from base64 import b64decode
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 from aiosmtpd.smtp import MISSING, AuthResult
 
@@ -49,7 +49,7 @@ from relay.smtp.server import RcptDsn, RelayEnvelope, RelaySMTP
 from relay.tls import describe, peer_certificate
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
     from datetime import datetime
     from email.message import Message
 
@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from relay.threads import ThreadStore
 
 log = logging.getLogger("mssante.relay.smtp")
+_T = TypeVar("_T")
 
 R421_LOCKED: Final = "454 4.7.0 Too many authentication failures, try again later"
 R535_INVALID: Final = "535 5.7.8 Authentication credentials invalid"
@@ -74,6 +75,12 @@ R554_BARE_LINE_ENDING: Final = policy.Reply(
 )
 R553_BAD_ADDRESS: Final = policy.Reply(553, "5.1.3", "Address syntax rejected")
 R554_NO_FROM: Final = policy.Reply(554, "5.6.0", "Message has no valid From header")
+# How long a connection reuses a directory answer (sender and recipient
+# entries, delegations) for its next transactions: a client sending many
+# messages over one session asks the directory once per address, not once per
+# message. A change (suspension, revocation) applies to a session at most
+# this late; new sessions always see it at once.
+DIRECTORY_CACHE_SECONDS: Final = 30.0
 
 
 class SpoolWriter(Protocol):
@@ -332,13 +339,35 @@ class RelayHandler:
 
     # -- MAIL FROM -----------------------------------------------------------
 
+    async def _cached(
+        self,
+        server: RelaySMTP,
+        key: tuple[str, ...],
+        ask: Callable[[], Awaitable[_T]],
+    ) -> _T:
+        """The directory's answer to ``ask``, reused by this connection for
+        :data:`DIRECTORY_CACHE_SECONDS` (failures are never kept)."""
+        now = asyncio.get_running_loop().time()
+        kept = server.directory_answers.get(key)
+        if kept is not None and now - kept[0] < DIRECTORY_CACHE_SECONDS:
+            answer: _T = kept[1]
+            return answer
+        answer = await ask()
+        server.directory_answers[key] = (now, answer)
+        return answer
+
     async def _lookup(
         self, server: RelaySMTP, address: str
     ) -> tuple[Mailbox | Patient | None, policy.Reply | None]:
         if not address:
             return None, None
         try:
-            return await self._ctx.directory.resolve(address), None
+            entry = await self._cached(
+                server,
+                ("resolve", address),
+                lambda: self._ctx.directory.resolve(address),
+            )
+            return entry, None
         except InvalidFieldError:
             return None, R553_BAD_ADDRESS
         except DirectoryError as exc:
@@ -391,8 +420,13 @@ class RelayHandler:
             facts = await self._session_facts(server, session)
             delegations: list[Delegation] = []
             if facts.account is not None and address:
-                delegations = await self._ctx.directory.delegations(
-                    account=facts.account.login, mailbox=address
+                login = facts.account.login
+                delegations = await self._cached(
+                    server,
+                    ("delegations", login, address),
+                    lambda: self._ctx.directory.delegations(
+                        account=login, mailbox=address
+                    ),
                 )
         except DirectoryError as exc:
             self._ctx.audit.emit(
