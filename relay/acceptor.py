@@ -13,7 +13,7 @@ What must stay true:
   shared spool (fsynced before its 250, like the relay) and the relay's
   delivery finds them there (it polls the spool).
 - Everything it shares is safe between processes: the spool (one file per
-  message, renamed into place), the SQLite stores (WAL), the audit trail
+  group commit, renamed into place), the SQLite stores (WAL), the audit trail
   (one chain under an exclusive lock).
 - Login throttling and the verified-login cache are per process.
 - It prints ``ready`` on standard output once it listens, and stops on

@@ -33,7 +33,9 @@ What must stay true:
   sealed address). Plain: numbers, flags, sizes, dates, folder names.
 - Never an index row without its file: a file is written to a temporary name,
   fsynced, renamed and its directory fsynced before the row that names it is
-  committed. Removing goes the other way (commit, then unlink). A crash leaves
+  committed (:meth:`MailStore.deliver_batch` writes under the final names,
+  syncs every file and then each directory once, and commits all the rows
+  after that). Removing goes the other way (commit, then unlink). A crash leaves
   at most orphan files, which :meth:`MailStore.open` removes after an unclean
   shutdown.
 - RFC 3501 §2.3.1.1: UIDs in a folder strictly ascend and are never reused
