@@ -17,6 +17,7 @@ import signal
 import smtplib
 import ssl
 import threading
+import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,7 @@ from tests.support.relay_fixtures import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 SESSIONS = 8
@@ -44,14 +46,17 @@ def _session(
     port: int,
     ca: Path,
     worker: int,
-    ready: threading.Barrier,
+    go: threading.Event,
+    logged_in: list[int],
     acked: list[str],
-    lock: threading.Lock,
 ) -> None:
     ctx = ssl.create_default_context(cafile=str(ca))
-    with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
+    c = smtplib.SMTP("127.0.0.1", port, timeout=30)
+    try:
         c.starttls(context=ctx)
         c.login(DOCTOR.address, PASSWORD)
+        logged_in.append(worker)
+        go.wait(60)  # every session sends at the same moment
         for n in range(ROUNDS):
             token = f"{worker}-{n}"
             body = message(
@@ -59,12 +64,17 @@ def _session(
                 URGENCES.address,
                 message_id=f"<group-{token}@medecin.mssante.fr>",
             ).replace(b"veuillez", f"group-token-{token} veuillez".encode())
-            ready.wait(10)  # every session sends at the same moment
             c.sendmail(DOCTOR.address, [URGENCES.address], body)
-            with lock:
-                acked.append(token)
-        # No QUIT: the relay is killed under the sessions.
-        ready.wait(10)
+            acked.append(token)
+    finally:
+        c.close()  # no QUIT: the relay is killed under the sessions
+
+
+async def _until(condition: Callable[[], bool], within: float) -> None:
+    deadline = time.monotonic() + within
+    # The sessions run in threads: poll.
+    while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.001)
 
 
 async def test_sigkill_right_after_grouped_250s_loses_and_duplicates_nothing(
@@ -75,30 +85,28 @@ async def test_sigkill_right_after_grouped_250s_loses_and_duplicates_nothing(
     await seed_data_dir(cfg, tls_files)
     proc, port = await asyncio.to_thread(serve.start, config_path)
     acked: list[str] = []
-    lock = threading.Lock()
-    ready = threading.Barrier(SESSIONS + 1)
+    logged_in: list[int] = []
+    go = threading.Event()
     workers = [
         threading.Thread(
             target=_session,
-            args=(port, tls_files.directory / "ca.pem", w, ready, acked, lock),
+            args=(port, tls_files.directory / "ca.pem", w, go, logged_in, acked),
         )
         for w in range(SESSIONS)
     ]
     try:
         for w in workers:
             w.start()
-        for _ in range(ROUNDS):
-            await asyncio.to_thread(ready.wait, 30)  # the sessions send
-        # The last round: kill as soon as every session has its 250.
-        while len(acked) < SESSIONS * ROUNDS:  # noqa: ASYNC110 - threads
-            await asyncio.sleep(0.001)
+        await _until(lambda: len(logged_in) == SESSIONS, 60)
+        go.set()
+        # Kill as soon as every message has its 250.
+        await _until(lambda: len(acked) == SESSIONS * ROUNDS, 60)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        await asyncio.to_thread(ready.wait, 10)
     finally:
-        ready.abort()
+        go.set()
         for w in workers:
-            w.join(10)
+            w.join(30)
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         if proc.stdout is not None:
