@@ -13,7 +13,7 @@ What must stay true:
   shared spool (fsynced before its 250, like the relay) and the relay's
   delivery finds them there (it polls the spool).
 - Everything it shares is safe between processes: the spool (one file per
-  message, renamed into place), the SQLite stores (WAL), the audit trail
+  group commit, renamed into place), the SQLite stores (WAL), the audit trail
   (one chain under an exclusive lock).
 - Login throttling and the verified-login cache are per process.
 - It prints ``ready`` on standard output once it listens, and stops on
@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from relay.app import (
-    SpoolOnly,
     accepting,
     load_master_key,
     quiet_protocol_traces,
     small_tls_buffers,
+    spool_only,
 )
 from relay.config import load
 
@@ -59,7 +59,7 @@ async def serve(config_path: Path, ports: dict[str, int]) -> int:
     async with accepting(
         cfg,
         master,
-        lambda _: SpoolOnly(),
+        spool_only,
         clock=_now,
         ports=ports,
         reuse_port=True,

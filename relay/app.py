@@ -38,6 +38,7 @@ from relay.audit import AUDIT_FILE_NAME, AuditEvent, AuditTrail
 from relay.config import PatientReadReceipts
 from relay.imap import ImapContext, ImapServer
 from relay.oauth import verifier_for
+from relay.queue.commit import SpoolCommitter
 from relay.queue.deliver import LocalDelivery
 from relay.queue.notices import success_notices
 from relay.queue.outbound import SqliteOutboundQueue
@@ -46,7 +47,7 @@ from relay.queue.resolve import DnsResolver
 from relay.queue.spool import Spool
 from relay.queue.transfer import OutboundDelivery, TransferSettings
 from relay.smime import RelaySmime
-from relay.smtp.handler import Deliveries, HandlerContext, RelayHandler
+from relay.smtp.handler import HandlerContext, RelayHandler
 from relay.smtp.server import RelaySMTP
 from relay.store import MailStore, MasterKey
 from relay.threads import ThreadStore
@@ -206,11 +207,10 @@ async def _acceptor_processes(
                 await proc.wait()
 
 
-class SpoolOnly:
+def spool_only(acceptance: Acceptance) -> Callable[[str], None]:
     """An acceptor process announces nothing: the relay polls the spool."""
-
-    def submit(self, queue_id: str) -> None:
-        del queue_id
+    del acceptance
+    return lambda name: None
 
 
 @dataclass(slots=True)
@@ -234,7 +234,7 @@ class Acceptance:
 async def accepting(
     cfg: Config,
     master: MasterKey,
-    deliveries: Callable[[Acceptance], Deliveries],
+    deliveries: Callable[[Acceptance], Callable[[str], None]],
     *,
     clock: Callable[[], datetime],
     ports: dict[str, int] | None = None,
@@ -300,12 +300,14 @@ async def accepting(
             plain_ctx=plain_ctx,
             throttle=throttle,
         )
+        # Group commit: what is spooled is announced to delivery by file.
+        committer = SpoolCommitter(spool, deliveries(acceptance))
+        stack.push_async_callback(committer.close)
         ctx = HandlerContext(
             directory=directory,
             audit=audit,
-            spool=spool,
+            spool=committer,
             threads=threads,
-            delivery=deliveries(acceptance),
             local=local_domains(cfg),
             hostname=cfg.relay.hostname,
             clock=clock,
@@ -485,7 +487,7 @@ async def run_relay(
             for transfer in outbound:
                 loop.call_soon_threadsafe(transfer.wake)
 
-        def local_delivery(acceptance: Acceptance) -> LocalDelivery:
+        def local_delivery(acceptance: Acceptance) -> Callable[[str], None]:
             delivery = LocalDelivery(
                 spool=acceptance.spool,
                 store=store,
@@ -499,7 +501,7 @@ async def run_relay(
                 on_outbound=outbound_queued,
             )
             made.append(delivery)
-            return delivery
+            return delivery.submit
 
         acceptance = await stack.enter_async_context(
             accepting(
@@ -522,7 +524,7 @@ async def run_relay(
             receipts = ReadReceipts(
                 store=store,
                 spool=acceptance.spool,
-                delivery=delivery,
+                announce=delivery.submit,
                 audit=acceptance.audit,
                 is_patient_address=local.is_patient_address,
                 hostname=cfg.relay.hostname,

@@ -19,7 +19,8 @@ What must stay true:
 - **Several writers, one chain.** The relay and admin commands (``mssante
   directory ...``) append to the same file. Each append takes an exclusive
   ``flock``, re-reads the head when another process wrote since, then writes
-  and flushes one line. A process crash loses no flushed record.
+  and flushes its line, or the lines of a batch (:meth:`AuditTrail.together`)
+  in one write. A process crash loses no flushed record.
 - **Never health data or secrets.** Records hold who, when, which mailbox,
   the decision and its reason: never a body, Subject, attachment name or
   credential. :func:`redact` drops such keys whatever the caller passes, and
@@ -31,6 +32,7 @@ What must stay true:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import fcntl
 import hashlib
@@ -159,6 +161,7 @@ class _ChainedFile:
         self._path = path
         self._key = key
         self._lock = threading.Lock()
+        self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._file: IO[bytes] = os.fdopen(fd, "ab")
@@ -173,21 +176,49 @@ class _ChainedFile:
         self._known_size = size
 
     def append(self, record: dict[str, Any]) -> Head:
+        return self.append_all([record])
+
+    def append_all(self, records: list[dict[str, Any]]) -> Head:
+        """Chain and write ``records`` in one locked write (one ``flock``,
+        one ``write``): each still gets its own ``seq``, ``prev`` and ``mac``."""
         with self._lock:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
             try:
                 self._refresh_head()
-                record["seq"] = self._head.seq + 1
-                record["prev"] = self._head.mac
-                record["mac"] = _mac(self._key, record)
-                line = _canonical(record) + b"\n"
-                self._file.write(line)
+                lines: list[bytes] = []
+                head = self._head
+                for record in records:
+                    record["seq"] = head.seq + 1
+                    record["prev"] = head.mac
+                    record["mac"] = _mac(self._key, record)
+                    lines.append(_canonical(record) + b"\n")
+                    head = Head(record["seq"], record["mac"])
+                data = b"".join(lines)
+                self._file.write(data)
                 self._file.flush()
-                self._known_size = os.fstat(self._file.fileno()).st_size
-                self._head = Head(record["seq"], record["mac"])
-                return self._head
+                # O_APPEND under the exclusive lock: the file grew by exactly
+                # this much (no second fstat).
+                self._known_size += len(data)
+                self._head = head
+                return head
             finally:
                 fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Records this thread sends in the block are written at its end, in
+        one :meth:`append_all` (also when the block raises)."""
+        if getattr(self._local, "buffer", None) is not None:
+            yield  # already inside a block of this thread
+            return
+        buffer: list[dict[str, Any]] = []
+        self._local.buffer = buffer
+        try:
+            yield
+        finally:
+            self._local.buffer = None
+            if buffer:
+                self.append_all(buffer)
 
     def sync(self) -> None:
         with self._lock:
@@ -203,7 +234,11 @@ class _ChainedFile:
     # structlog calls the method named after the log level, with the final
     # processor's dict as keyword arguments.
     def msg(self, **record: Any) -> None:  # noqa: ANN401 - JSON values
-        self.append(record)
+        buffer: list[dict[str, Any]] | None = getattr(self._local, "buffer", None)
+        if buffer is not None:
+            buffer.append(record)
+        else:
+            self.append(record)
 
     info = msg
 
@@ -253,6 +288,13 @@ class AuditTrail:
     def emit(self, event: AuditEvent, **fields: object) -> None:
         """Append one record. Keys in :data:`FORBIDDEN_KEYS` are dropped."""
         self._log.info(event.value, **fields)
+
+    def together(self) -> contextlib.AbstractContextManager[None]:
+        """Records emitted by this thread inside the block are chained and
+        written in one locked write when it ends (a delivery batch writes its
+        ``message.delivered`` records so). Nothing is dropped if the block
+        raises; until it ends, the block's records are not in the file."""
+        return self._file.together()
 
     def message_ref(self, message_id: str) -> str:
         """A keyed hash of a Message-ID: correlates records without revealing it."""

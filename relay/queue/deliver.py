@@ -1,6 +1,14 @@
 """Local delivery: from the spool into the mailbox store, exactly once.
 
-Owns: the in-memory queue of spool ids and the worker tasks that drain it.
+Owns: the in-memory queue of spool files and the worker tasks that drain it.
+
+Batches: a worker takes every spool file queued (up to
+:data:`MAX_BATCH_FILES`), and stores every copy of every message in them
+with one :meth:`relay.store.MailStore.deliver_batch`: one ``fdatasync`` per
+copy, one ``fsync`` per mailbox directory touched, one index commit; the
+``message.delivered`` audit records of the batch go in one locked write;
+then the spool files are removed. The more the relay accepts at once, the
+fewer syncs per message.
 
 What must stay true:
 
@@ -9,7 +17,9 @@ What must stay true:
   copy, ``<queue id>:dsn`` for a success notice); the store ignores a key it
   has already seen, so replaying a spool file after a crash delivers nothing
   twice.
-- A spool file is removed only after all its copies are durably stored.
+- A spool file is removed only after all the copies of all its messages are
+  durably stored; when one copy fails, the whole file stays and is retried
+  (the copies already stored are then duplicates, a no-op).
 - At start, every file left in the spool is queued again (a crash between
   ``250`` and delivery loses nothing).
 - Recipients of other operators go to the outbound queue
@@ -30,23 +40,25 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import sqlite3
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from directory.errors import DirectoryError
 from relay.audit import AuditEvent
 from relay.queue.outbound import OutboundError
 from relay.queue.spool import Envelope, Recipient, SpoolError
-from relay.store import StoreError
+from relay.store import NewDelivery, StoreError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from datetime import datetime
 
     from directory.protocol import Directory
     from relay.audit import AuditTrail
     from relay.queue.outbound import OutboundQueue
     from relay.queue.spool import Spool
-    from relay.smime import Copies, RelaySmime
+    from relay.smime import Copies, MailboxKeys, RelaySmime
     from relay.store import MailStore
 
 log = logging.getLogger("mssante.relay.delivery")
@@ -54,13 +66,24 @@ log = logging.getLogger("mssante.relay.delivery")
 # Retries of a local store failure: quick first, then every five minutes
 # (Postfix's minimal_backoff_time is 300 s).
 DEFAULT_RETRY_DELAYS: Final = (1.0, 10.0, 60.0, 300.0)
-# Delivery threads. The store commits concurrent deliveries together (one
-# index commit and sync per batch), so more threads mean bigger batches;
-# they have their own pool so that they never delay the spool writes that
-# the SMTP replies wait for.
-DEFAULT_WORKERS: Final = 8
+# Delivery workers, each delivering one batch at a time in a thread of its
+# own pool (never behind the spool writes that SMTP replies wait for). Two:
+# one batch syncs while the next is being written.
+DEFAULT_WORKERS: Final = 2
+# Spool files per batch: each file holds one group commit of the spool.
+MAX_BATCH_FILES: Final = 32
 SENT_FOLDER: Final = "Sent"
 SEEN: Final = "\\Seen"
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    """One spooled message and the store copies it makes."""
+
+    file: str
+    envelope: Envelope
+    message: bytes
+    copies: tuple[NewDelivery, ...]
 
 
 class NoticeError(Exception):
@@ -109,11 +132,11 @@ class LocalDelivery:
             max_workers=workers, thread_name_prefix="delivery"
         )
 
-    def submit(self, queue_id: str) -> None:
-        """Queue a spooled message for delivery (idempotent)."""
-        if queue_id not in self._queued:
-            self._queued.add(queue_id)
-            self._queue.put_nowait(queue_id)
+    def submit(self, name: str) -> None:
+        """Queue a spool file for delivery (idempotent)."""
+        if name not in self._queued:
+            self._queued.add(name)
+            self._queue.put_nowait(name)
 
     def start(self, *, poll_interval: float | None = None) -> None:
         """Queue what the spool holds, then start the workers.
@@ -132,9 +155,9 @@ class LocalDelivery:
             )
 
     def _queue_new_spool_files(self) -> None:
-        for queue_id in self._spool.pending():
-            if queue_id not in self._retries:  # those wait for their backoff
-                self.submit(queue_id)
+        for name in self._spool.pending():
+            if name not in self._retries:  # those wait for their backoff
+                self.submit(name)
 
     async def _poll(self, interval: float) -> None:
         while True:
@@ -158,129 +181,208 @@ class LocalDelivery:
         self._pool.shutdown(wait=True)
 
     async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            queue_id = await self._queue.get()
+            names = [await self._queue.get()]
+            while len(names) < MAX_BATCH_FILES and not self._queue.empty():
+                names.append(self._queue.get_nowait())
             try:
                 if self._protection is None:
-                    loop = asyncio.get_running_loop()
                     done = await loop.run_in_executor(
-                        self._pool, self.deliver, queue_id
+                        self._pool, self.deliver_files, names
                     )
                 else:
-                    done = await self._deliver_protected(queue_id, self._protection)
+                    done = set()
+                    for name in names:
+                        if await self._deliver_protected(name, self._protection):
+                            done.add(name)
             finally:
-                self._queued.discard(queue_id)
-                self._queue.task_done()
-            if not done:
-                self._retry_later(queue_id)
+                for name in names:
+                    self._queued.discard(name)
+                    self._queue.task_done()
+            for name in names:
+                if name in done:
+                    self._retries.pop(name, None)
+                else:
+                    self._retry_later(name)
 
-    def _retry_later(self, queue_id: str) -> None:
-        attempt = self._retries.get(queue_id, 0)
-        self._retries[queue_id] = attempt + 1
+    def _retry_later(self, name: str) -> None:
+        attempt = self._retries.get(name, 0)
+        self._retries[name] = attempt + 1
         delay = self._retry_delays[min(attempt, len(self._retry_delays) - 1)]
-        asyncio.get_running_loop().call_later(delay, self.submit, queue_id)
+        asyncio.get_running_loop().call_later(delay, self.submit, name)
 
-    async def _deliver_protected(self, queue_id: str, protection: RelaySmime) -> bool:
+    async def _deliver_protected(self, name: str, protection: RelaySmime) -> bool:
         # Read in a thread, look the mailboxes up here (the directory is
         # async), then seal, encrypt and store in a thread.
         loop = asyncio.get_running_loop()
-        read = await loop.run_in_executor(self._pool, self._read, queue_id)
+        read = await loop.run_in_executor(self._pool, self._read, name)
         if read is None:
             return False
-        envelope, message = read
-        local_author = self._local_author(envelope)
-        addresses = [
-            r.address for r in envelope.recipients if self._is_local(r.address)
-        ]
-        if local_author:
-            addresses.append(envelope.sender)
         assert self._directory is not None  # noqa: S101 - checked in __init__
+        messages: list[_Message] = []
+        for envelope, message in read:
+            local_author = self._local_author(envelope)
+            addresses = [
+                r.address for r in envelope.recipients if self._is_local(r.address)
+            ]
+            if local_author:
+                addresses.append(envelope.sender)
+            try:
+                keys = await protection.keys_for(self._directory, addresses)
+            except DirectoryError as exc:
+                self._audit.emit(
+                    AuditEvent.DIRECTORY_LOOKUP_FAILED,
+                    cid=envelope.cid,
+                    queue_id=envelope.queue_id,
+                    reason=type(exc).__name__,
+                )
+                return False
+            at = self._clock()
+
+            def copies_of(
+                envelope: Envelope = envelope,
+                message: bytes = message,
+                keys: dict[str, MailboxKeys] = keys,
+                local_author: bool = local_author,
+                at: datetime = at,
+            ) -> _Message:
+                # Copies inspects the message (CPU): in the thread, not on the loop.
+                copies = protection.copies(
+                    envelope, message, keys, local_author=local_author, at=at
+                )
+                return self._message(name, envelope, message, copies)
+
+            messages.append(await loop.run_in_executor(self._pool, copies_of))
+        done = await loop.run_in_executor(self._pool, self._deliver_messages, messages)
+        return name in done
+
+    def _read(self, name: str) -> list[tuple[Envelope, bytes]] | None:
         try:
-            keys = await protection.keys_for(self._directory, addresses)
-        except DirectoryError as exc:
-            self._audit.emit(
-                AuditEvent.DIRECTORY_LOOKUP_FAILED,
-                cid=envelope.cid,
-                queue_id=queue_id,
-                reason=type(exc).__name__,
-            )
-            return False
-        at = self._clock()
-
-        def deliver() -> bool:
-            # Copies inspects the message (CPU): in the thread, not on the loop.
-            copies = protection.copies(
-                envelope, message, keys, local_author=local_author, at=at
-            )
-            return self._deliver(queue_id, envelope, message, copies)
-
-        return await loop.run_in_executor(self._pool, deliver)
-
-    def _read(self, queue_id: str) -> tuple[Envelope, bytes] | None:
-        try:
-            return self._spool.read(queue_id)
+            return self._spool.read(name)
         except SpoolError:
-            log.exception("spool file %s unreadable; left in place", queue_id)
+            log.exception("spool file %s unreadable; left in place", name)
             return None
 
     def _local_author(self, envelope: Envelope) -> bool:
         return envelope.channel == "submission" and self._is_local(envelope.sender)
 
-    def deliver(self, queue_id: str) -> bool:
-        """Deliver one spooled message (blocking), as it is. False: retry later."""
-        read = self._read(queue_id)
-        if read is None:
-            return False
-        return self._deliver(queue_id, *read, None)
+    def deliver(self, name: str) -> bool:
+        """Deliver one spool file (blocking), as it is. False: retry later."""
+        return name in self.deliver_files([name])
 
-    def _deliver(
-        self, queue_id: str, envelope: Envelope, message: bytes, copies: Copies | None
-    ) -> bool:
-        delivered: list[str] = []
-        if not self._queue_outbound(envelope, message):
-            return False
-        try:
-            for recipient in envelope.recipients:
-                if not self._is_local(recipient.address):
-                    continue
-                content = (
-                    message if copies is None else copies.for_mailbox(recipient.address)
+    def deliver_files(self, names: Sequence[str]) -> set[str]:
+        """Deliver spool files (blocking) in one batch; the names delivered."""
+        messages: list[_Message] = []
+        for name in names:
+            read = self._read(name)
+            if read is not None:
+                messages += [self._message(name, *m, None) for m in read]
+        return self._deliver_messages(messages)
+
+    def _message(
+        self, name: str, envelope: Envelope, message: bytes, copies: Copies | None
+    ) -> _Message:
+        """The store copies of one message: each recipient's INBOX, the
+        author's Sent folder for a local submission."""
+        out: list[NewDelivery] = []
+        for recipient in envelope.recipients:
+            if not self._is_local(recipient.address):
+                continue  # the outbound queue's (_queue_outbound)
+            content = (
+                message if copies is None else copies.for_mailbox(recipient.address)
+            )
+            out.append(
+                NewDelivery(
+                    address=recipient.address,
+                    message=_with_return_path(envelope.sender, content),
+                    delivery_key=f"{envelope.queue_id}:{recipient.address}",
+                    internal_date=envelope.received_at,
                 )
-                copy = _with_return_path(envelope.sender, content)
-                self._store_copy(
-                    recipient.address, copy, f"{queue_id}:{recipient.address}", envelope
-                )
-                delivered.append(recipient.address)
-                self._audit.emit(
-                    AuditEvent.MESSAGE_DELIVERED,
-                    cid=envelope.cid,
-                    sender=envelope.sender,
-                    recipient=recipient.address,
-                    queue_id=queue_id,
-                    message_ref=envelope.message_ref,
-                )
-            if self._local_author(envelope):
-                self._store_copy(
-                    envelope.sender,
-                    message if copies is None else copies.for_mailbox(envelope.sender),
-                    f"{queue_id}:sent",
-                    envelope,
+            )
+        if self._local_author(envelope):
+            out.append(
+                NewDelivery(
+                    address=envelope.sender,
+                    message=message
+                    if copies is None
+                    else copies.for_mailbox(envelope.sender),
+                    delivery_key=f"{envelope.queue_id}:sent",
+                    internal_date=envelope.received_at,
                     folder=SENT_FOLDER,
                     flags=(SEEN,),
                 )
-            self._notify_success(envelope, delivered, message)
-        except (StoreError, NoticeError):
-            log.exception("delivery of %s failed; will retry", queue_id)
-            return False
-        self._spool.remove(queue_id)
-        self._retries.pop(queue_id, None)
-        return True
+            )
+        return _Message(name, envelope, message, tuple(out))
+
+    def _deliver_messages(self, messages: Sequence[_Message]) -> set[str]:
+        """Store every copy in one batch; remove the spool files whose copies
+        are all durable; return their names (the others are retried)."""
+        files = {m.file for m in messages}
+        failed: set[str] = set()
+        for m in messages:
+            if m.file not in failed and not self._queue_outbound(m.envelope, m.message):
+                failed.add(m.file)
+        messages = [m for m in messages if m.file not in failed]
+        copies = [copy for m in messages for copy in m.copies]
+        try:
+            for address in dict.fromkeys(c.address for c in copies):
+                self._store.ensure_mailbox(address)
+            results = self._store.deliver_batch(copies)
+        except (StoreError, OSError, sqlite3.Error):
+            log.exception("delivery of %d spool files failed; will retry", len(files))
+            return set()
+        at = 0
+        with self._audit.together():
+            for m in messages:
+                mine = results[at : at + len(m.copies)]
+                at += len(m.copies)
+                refused = [r for r in mine if isinstance(r, StoreError)]
+                if refused:
+                    log.error(
+                        "delivery of %s failed (%s); will retry",
+                        m.envelope.queue_id,
+                        type(refused[0]).__name__,
+                    )
+                    failed.add(m.file)
+                    continue
+                for recipient in m.envelope.recipients:
+                    if not self._is_local(recipient.address):
+                        continue
+                    self._audit.emit(
+                        AuditEvent.MESSAGE_DELIVERED,
+                        cid=m.envelope.cid,
+                        sender=m.envelope.sender,
+                        recipient=recipient.address,
+                        queue_id=m.envelope.queue_id,
+                        message_ref=m.envelope.message_ref,
+                    )
+        for m in messages:
+            if m.file in failed:
+                continue
+            try:
+                self._notify_success(
+                    m.envelope,
+                    [
+                        r.address
+                        for r in m.envelope.recipients
+                        if self._is_local(r.address)
+                    ],
+                    m.message,
+                )
+            except (StoreError, OSError, sqlite3.Error, NoticeError):
+                log.exception("success notice of %s failed; will retry", m.file)
+                failed.add(m.file)
+        done = files - failed
+        for name in sorted(done):
+            self._spool.remove(name)
+        return done
 
     def _queue_outbound(self, envelope: Envelope, message: bytes) -> bool:
         """Hand the recipients of other operators to the outbound queue.
 
         Idempotent (the queue id is the key), so a replayed spool file
-        queues nothing twice. False: retry the whole delivery later.
+        queues nothing twice. False: retry the whole file later.
         """
         remote = [r for r in envelope.recipients if not self._is_local(r.address)]
         if not remote:

@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
     from relay.audit import AuditTrail
     from relay.queue.spool import Spool
-    from relay.smtp.handler import Deliveries
     from relay.store import Change, MailStore
 
 log = logging.getLogger("mssante.relay.receipts")
@@ -64,7 +63,7 @@ class ReadReceipts:
         *,
         store: MailStore,
         spool: Spool,
-        delivery: Deliveries,
+        announce: Callable[[str], None],
         audit: AuditTrail,
         is_patient_address: Callable[[str], bool],
         hostname: str,
@@ -72,7 +71,7 @@ class ReadReceipts:
     ) -> None:
         self._store = store
         self._spool = spool
-        self._delivery = delivery
+        self._announce = announce  # hands a spool file to local delivery
         self._audit = audit
         self._is_patient = is_patient_address
         self._hostname = hostname
@@ -149,7 +148,8 @@ class ReadReceipts:
         )
         spooled = self._spool.write(envelope, mdn)
         self._store.store_flags(address, "INBOX", [uid], [MDN_SENT], FlagMode.ADD)
-        self._loop.call_soon_threadsafe(self._delivery.submit, spooled.queue_id)
+        # A one-message spool file is named by its queue id.
+        self._loop.call_soon_threadsafe(self._announce, spooled.queue_id)
         self._audit.emit(
             AuditEvent.MDN_SENT,
             actor="relay",

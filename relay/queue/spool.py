@@ -1,24 +1,29 @@
 """The durable spool: what the relay has acknowledged and not yet delivered.
 
-Owns: ``<data_dir>/spool/``. One file per accepted message, named by its
-queue id: a first line of JSON (the envelope: sender, recipients with their
-DSN parameters, ENVID, RET, how it arrived) and then the message, encrypted
-(AES-256-GCM under a key derived from the master key, the queue id as
-associated data): like the mailbox store, the spool reveals no content to
-whoever copies the data directory.
+Owns: ``<data_dir>/spool/``. One file per group commit: the messages whose
+DATA ended together (one or more), named by the queue id of the first. Each
+message is a record: its envelope (JSON: sender, recipients with their DSN
+parameters, ENVID, RET, how it arrived, its queue id) and the message,
+encrypted with AES-256-GCM under a key derived from the master key, the
+envelope as associated data (a record moved or an envelope edited fails to
+open): like the mailbox store, the spool reveals no content to whoever
+copies the data directory. Files of format 1 (one message, a JSON line, the
+queue id as associated data) are still read.
 
 What must stay true:
 
-- :meth:`Spool.write` returns only when the file and its directory entry are
-  on disk (``fsync`` of the temporary file, ``rename``, ``fsync`` of the
-  directory). The SMTP ``250`` is sent after it, never before: a message
-  acknowledged survives a crash (RFC 5321 §4.5.5 "the receiver-SMTP MUST
-  NOT lose the message").
-- A file in ``spool/`` is complete: partial writes live as ``tmp/<id>`` and
-  are removed at start.
-- A spool file is removed only after every recipient's copy is durably in
-  the store; the store deduplicates on ``<queue id>:<recipient>``, so
-  replaying a file after a crash delivers each copy exactly once.
+- :meth:`Spool.write_batch` returns only when the file and its directory
+  entry are on disk (``fsync`` of the temporary file, ``rename``, ``fsync``
+  of the directory). The SMTP ``250`` of each message in it is sent after
+  that, never before: a message acknowledged survives a crash (RFC 5321
+  §4.5.5 "the receiver-SMTP MUST NOT lose the message"). Messages whose
+  DATA ends together share that one sync round
+  (:class:`relay.queue.commit.SpoolCommitter`).
+- A file in ``spool/`` is complete: partial writes live as ``tmp/<name>``
+  and are removed at start.
+- A spool file is removed only after every copy of every message in it is
+  durably in the store; the store deduplicates on ``<queue id>:<recipient>``,
+  so replaying a file after a crash delivers each copy exactly once.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import dataclasses
 import json
 import os
 import secrets
+import struct
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
@@ -36,6 +42,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
 SPOOL_DIR_NAME: Final = "spool"
@@ -129,10 +136,24 @@ def _fsync_dir(path: Path) -> None:
 
 
 NONCE_SIZE: Final = 12
+# A spool file of format 2 starts with this line; a file without it is of
+# format 1 (one message: the envelope as a JSON line, then nonce || sealed).
+FILE_MAGIC: Final = b"MSSPOOL2\n"
+# Format 2 record: envelope length, sealed length (big-endian u32), the
+# envelope JSON, then nonce || AES-256-GCM(message).
+_RECORD_HEAD: Final = struct.Struct(">II")
+# Associated data of a format-2 record: this label, then the envelope JSON
+# (which names the queue id): a record moved, or an envelope edited, fails.
+_AAD_LABEL: Final = b"mssante spool v2\x00"
 
 
 class Spool:
-    """The spool directory of one relay (sync; call through ``to_thread``)."""
+    """The spool directory of one relay (sync; call through ``to_thread``).
+
+    A spool *file* holds one or more messages accepted together (one group
+    commit, :meth:`write_batch`); it is named after the queue id of its first
+    message, and delivery reads, delivers and removes it as one unit.
+    """
 
     def __init__(self, root: Path, key: bytes) -> None:
         self.root = root
@@ -147,55 +168,114 @@ class Spool:
         return cls(data_dir / SPOOL_DIR_NAME, key)
 
     def write(self, envelope: Envelope, message: bytes) -> Envelope:
-        """Durably store a message; returns the envelope with its queue id."""
-        queue_id = envelope.queue_id or new_queue_id(envelope.received_at)
-        envelope = dataclasses.replace(envelope, queue_id=queue_id)
-        tmp = self._tmp / queue_id
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        """Durably store one message; returns the envelope with its queue id."""
+        [written] = self.write_batch([(envelope, message)])
+        return written
+
+    def write_batch(self, items: Sequence[tuple[Envelope, bytes]]) -> list[Envelope]:
+        """Durably store several messages in one file, with one sync round.
+
+        Returns the envelopes with their queue ids, in order; the file is
+        named after the first one. On return the file and its directory
+        entry are on disk (``fsync`` of the file, ``rename``, ``fsync`` of
+        the directory): every message of the batch may now be acknowledged.
+        """
+        if not items:
+            raise ValueError("an empty batch")
+        written: list[Envelope] = []
+        parts: list[bytes] = [FILE_MAGIC]
+        for envelope, message in items:
+            queue_id = envelope.queue_id or new_queue_id(envelope.received_at)
+            envelope = dataclasses.replace(envelope, queue_id=queue_id)
+            head = envelope.to_json()
+            nonce = os.urandom(NONCE_SIZE)
+            sealed = nonce + self._aead.encrypt(nonce, message, _AAD_LABEL + head)
+            parts += [_RECORD_HEAD.pack(len(head), len(sealed)), head, sealed]
+            written.append(envelope)
+        name = written[0].queue_id
+        tmp = self._tmp / name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            with os.fdopen(fd, "wb") as f:
-                nonce = os.urandom(NONCE_SIZE)
-                sealed = self._aead.encrypt(nonce, message, queue_id.encode())
-                f.write(envelope.to_json() + b"\n")
-                f.write(nonce + sealed)
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.rename(self.root / queue_id)
+            try:
+                view = memoryview(b"".join(parts))
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            tmp.rename(self.root / name)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
         _fsync_dir(self.root)
-        return envelope
+        return written
 
-    def read(self, queue_id: str) -> tuple[Envelope, bytes]:
+    def read(self, name: str) -> list[tuple[Envelope, bytes]]:
+        """Every message of the spool file ``name``, in the order written."""
         try:
-            data = (self.root / queue_id).read_bytes()
+            data = (self.root / name).read_bytes()
         except FileNotFoundError:
-            raise SpoolError(f"queue id {queue_id}: not in the spool") from None
+            raise SpoolError(f"spool file {name}: not in the spool") from None
+        if data.startswith(FILE_MAGIC):
+            return self._read_records(name, memoryview(data)[len(FILE_MAGIC) :])
+        return [self._read_format_1(name, data)]
+
+    def _read_records(
+        self, name: str, data: memoryview
+    ) -> list[tuple[Envelope, bytes]]:
+        out: list[tuple[Envelope, bytes]] = []
+        offset = 0
+        while offset < len(data):
+            if offset + _RECORD_HEAD.size > len(data):
+                raise SpoolError(f"spool file {name}: truncated")
+            head_size, sealed_size = _RECORD_HEAD.unpack_from(data, offset)
+            offset += _RECORD_HEAD.size
+            end = offset + head_size + sealed_size
+            if end > len(data) or sealed_size < NONCE_SIZE:
+                raise SpoolError(f"spool file {name}: truncated")
+            head = bytes(data[offset : offset + head_size])
+            sealed = data[offset + head_size : end]
+            offset = end
+            try:
+                message = self._aead.decrypt(
+                    bytes(sealed[:NONCE_SIZE]), sealed[NONCE_SIZE:], _AAD_LABEL + head
+                )
+            except InvalidTag:
+                raise SpoolError(
+                    f"spool file {name}: a message fails its integrity check"
+                ) from None
+            out.append((self._envelope(name, head), message))
+        return out
+
+    def _read_format_1(self, name: str, data: bytes) -> tuple[Envelope, bytes]:
         head, sep, sealed = data.partition(b"\n")
         if not sep:
-            raise SpoolError(f"queue id {queue_id}: truncated spool file")
-        try:
-            envelope = Envelope.from_json(head)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SpoolError(f"queue id {queue_id}: unreadable envelope") from exc
+            raise SpoolError(f"spool file {name}: truncated")
+        envelope = self._envelope(name, head)
         try:
             message = self._aead.decrypt(
-                sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], queue_id.encode()
+                sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], envelope.queue_id.encode()
             )
         except InvalidTag:
             raise SpoolError(
-                f"queue id {queue_id}: message fails its integrity check"
+                f"spool file {name}: message fails its integrity check"
             ) from None
         return envelope, message
 
-    def remove(self, queue_id: str) -> None:
+    @staticmethod
+    def _envelope(name: str, head: bytes) -> Envelope:
+        try:
+            return Envelope.from_json(head)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SpoolError(f"spool file {name}: unreadable envelope") from exc
+
+    def remove(self, name: str) -> None:
         # No directory fsync: if a crash forgets the removal, the file is
         # delivered again and the store's delivery keys make that a no-op.
         with contextlib.suppress(FileNotFoundError):
-            (self.root / queue_id).unlink()
+            (self.root / name).unlink()
 
     def pending(self) -> list[str]:
-        """Queue ids in arrival order."""
+        """Spool file names in arrival order."""
         return sorted(p.name for p in self.root.iterdir() if p.is_file())

@@ -27,7 +27,7 @@ import traceback
 from base64 import b64decode
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 from aiosmtpd.smtp import MISSING, AuthResult
 
@@ -54,7 +54,7 @@ from relay.smtp.server import RcptDsn, RelayEnvelope, RelaySMTP
 from relay.tls import describe, peer_certificate
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
     from datetime import datetime
     from email.message import Message
 
@@ -65,11 +65,11 @@ if TYPE_CHECKING:
     from relay.accounts import Authenticator, Outcome
     from relay.audit import AuditTrail
     from relay.oauth import BearerResponse
-    from relay.queue.spool import Spool
     from relay.smime import RelaySmime
     from relay.threads import ThreadStore
 
 log = logging.getLogger("mssante.relay.smtp")
+_T = TypeVar("_T")
 
 R421_LOCKED: Final = "454 4.7.0 Too many authentication failures, try again later"
 R535_INVALID: Final = "535 5.7.8 Authentication credentials invalid"
@@ -80,13 +80,20 @@ R554_BARE_LINE_ENDING: Final = policy.Reply(
 )
 R553_BAD_ADDRESS: Final = policy.Reply(553, "5.1.3", "Address syntax rejected")
 R554_NO_FROM: Final = policy.Reply(554, "5.6.0", "Message has no valid From header")
+# How long a connection reuses a directory answer (sender and recipient
+# entries, delegations) for its next transactions: a client sending many
+# messages over one session asks the directory once per address, not once per
+# message. A change (suspension, revocation) applies to a session at most
+# this late; new sessions always see it at once.
+DIRECTORY_CACHE_SECONDS: Final = 30.0
 
 
-class Deliveries(Protocol):
-    """Where an accepted message is announced: the relay's local delivery, or
-    nothing in an acceptor process (the relay polls the spool)."""
+class SpoolWriter(Protocol):
+    """Where an accepted message goes before its ``250``
+    (:class:`relay.queue.commit.SpoolCommitter`): durable on return, and
+    announced to delivery by the writer."""
 
-    def submit(self, queue_id: str) -> None: ...
+    async def write(self, envelope: Envelope, message: bytes) -> Envelope: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,9 +102,8 @@ class HandlerContext:
 
     directory: Directory
     audit: AuditTrail
-    spool: Spool
+    spool: SpoolWriter
     threads: ThreadStore
-    delivery: Deliveries
     local: policy.LocalDomains
     hostname: str
     clock: Callable[[], datetime]
@@ -342,13 +348,35 @@ class RelayHandler:
 
     # -- MAIL FROM -----------------------------------------------------------
 
+    async def _cached(
+        self,
+        server: RelaySMTP,
+        key: tuple[str, ...],
+        ask: Callable[[], Awaitable[_T]],
+    ) -> _T:
+        """The directory's answer to ``ask``, reused by this connection for
+        :data:`DIRECTORY_CACHE_SECONDS` (failures are never kept)."""
+        now = asyncio.get_running_loop().time()
+        kept = server.directory_answers.get(key)
+        if kept is not None and now - kept[0] < DIRECTORY_CACHE_SECONDS:
+            answer: _T = kept[1]
+            return answer
+        answer = await ask()
+        server.directory_answers[key] = (now, answer)
+        return answer
+
     async def _lookup(
         self, server: RelaySMTP, address: str
     ) -> tuple[Mailbox | Patient | None, policy.Reply | None]:
         if not address:
             return None, None
         try:
-            return await self._ctx.directory.resolve(address), None
+            entry = await self._cached(
+                server,
+                ("resolve", address),
+                lambda: self._ctx.directory.resolve(address),
+            )
+            return entry, None
         except InvalidFieldError:
             return None, R553_BAD_ADDRESS
         except DirectoryError as exc:
@@ -401,8 +429,13 @@ class RelayHandler:
             facts = await self._session_facts(server, session)
             delegations: list[Delegation] = []
             if facts.account is not None and address:
-                delegations = await self._ctx.directory.delegations(
-                    account=facts.account.login, mailbox=address
+                login = facts.account.login
+                delegations = await self._cached(
+                    server,
+                    ("delegations", login, address),
+                    lambda: self._ctx.directory.delegations(
+                        account=login, mailbox=address
+                    ),
                 )
         except DirectoryError as exc:
             self._ctx.audit.emit(
@@ -626,10 +659,17 @@ class RelayHandler:
             message_ref=self._ctx.audit.message_ref(message_id) if message_id else "",
         )
         try:
-            await asyncio.to_thread(
-                self._record_threads, sender, envelope, headers, message_id, references
-            )
-            spooled = await asyncio.to_thread(self._ctx.spool.write, spooled, stored)
+            if self._concerns_threads(sender, envelope, message_id):
+                await asyncio.to_thread(
+                    self._record_threads,
+                    sender,
+                    envelope,
+                    headers,
+                    message_id,
+                    references,
+                )
+            # Durable on return, shared with the messages ending meanwhile.
+            spooled = await self._ctx.spool.write(spooled, stored)
         except (OSError, SpoolError) as exc:
             self._ctx.audit.emit(
                 AuditEvent.MESSAGE_REJECTED,
@@ -651,7 +691,6 @@ class RelayHandler:
             message_ref=spooled.message_ref,
             size=len(stored),
         )
-        self._ctx.delivery.submit(spooled.queue_id)
         if sender.role is policy.Role.PATIENT and patient_initiated(references):
             await self._answer_patient(server, envelope, sender, message_id, now)
         return f"250 2.0.0 Ok: queued as {spooled.queue_id}"
@@ -693,7 +732,7 @@ class RelayHandler:
                 cid=server.cid,
             )
             try:
-                spooled = await asyncio.to_thread(ctx.spool.write, answer, data)
+                spooled = await ctx.spool.write(answer, data)  # announced on write
             except (OSError, SpoolError) as exc:
                 log.error("emergency notice not spooled: %s", type(exc).__name__)
                 continue
@@ -705,7 +744,6 @@ class RelayHandler:
                 recipient=sender.address,
                 queue_id=spooled.queue_id,
             )
-            ctx.delivery.submit(spooled.queue_id)
 
     async def _check_signature(
         self,
@@ -778,6 +816,16 @@ class RelayHandler:
             if not decision.accepted:
                 return decision
         return None
+
+    def _concerns_threads(
+        self, sender: policy.SenderFacts, envelope: RelayEnvelope, message_id: str
+    ) -> bool:
+        """Whether :meth:`_record_threads` has anything to record (no thread
+        hop for the common professional-to-professional message)."""
+        return bool(message_id) and (
+            sender.role is policy.Role.PATIENT
+            or any(self._ctx.local.is_patient_address(r) for r in envelope.rcpt_tos)
+        )
 
     def _record_threads(
         self,

@@ -10,6 +10,11 @@ Owns: what aiosmtpd does not do the way a mail relay must.
   which mostly lack them (``503 Error: need MAIL command``).
 - **Connection identity**: one ``cid`` per connection that survives STARTTLS
   (aiosmtpd makes a new ``Session`` after the handshake).
+- **Grouped replies** (RFC 2920 §3.1): the ``250`` of a ``MAIL`` or ``RCPT``
+  whose next command is already buffered waits and leaves with the next
+  reply (the ``354`` of a pipelined ``DATA``): one TLS record and one send
+  per group. Every other reply (``STARTTLS``'s ``220`` included) is sent at
+  once with whatever waits.
 - **DATA in blocks** (:meth:`RelaySMTP.smtp_DATA`): aiosmtpd reads the data
   one line per ``readuntil``, which made it the largest single cost of the
   relay (a 100 KB message is 1,300 awaits). We read up to each ``.<CRLF>``
@@ -178,6 +183,13 @@ class RelaySMTP(SMTP):
         self.cid = secrets.token_hex(6)
         self.pending_mail = MailDsn()
         self.pending_rcpt = RcptDsn()
+        # Directory answers for this connection, with the loop time they came
+        # at (relay.smtp.handler keeps them for DIRECTORY_CACHE_SECONDS).
+        self.directory_answers: dict[tuple[str, ...], tuple[float, Any]] = {}
+        # Replies held back for a pipelined group (see push), and whether the
+        # command being answered is one whose reply may wait (MAIL, RCPT).
+        self._held: list[bytes] = []
+        self._grouping = False
         super().__init__(handler, **kwargs)
         self.command_size_limits["AUTH"] = MAX_AUTH_LINE
 
@@ -197,9 +209,29 @@ class RelaySMTP(SMTP):
 
     async def push(self, status: str | bytes) -> None:
         if isinstance(status, str):
-            await super().push(self._with_enhanced_code(status))
-        else:
-            await super().push(status)
+            status = self._with_enhanced_code(status).encode(
+                "utf-8" if self.enable_SMTPUTF8 else "ascii"
+            )
+        line = status + b"\r\n"
+        # RFC 2920 §3.1: replies to a pipelined group may go together. A
+        # positive MAIL or RCPT reply waits while the client's next command
+        # is already buffered; the next reply that does not wait takes it
+        # along (the 354 of DATA, any refusal, any other command's reply),
+        # so the group costs one TLS record and one send, not one per reply.
+        if self._grouping and status.startswith(b"2") and self._command_buffered():
+            self._held.append(line)
+            return
+        if self._held:
+            line = b"".join([*self._held, line])
+            self._held = []
+        self._writer.write(line)
+        await self._writer.drain()
+
+    def _command_buffered(self) -> bool:
+        """Whether a complete command line is already read and waiting (a
+        pipelining client); False when it cannot tell."""
+        buffered = getattr(self._reader, "_buffer", None)
+        return isinstance(buffered, bytearray) and b"\n" in buffered
 
     def _with_enhanced_code(self, status: str) -> str:
         code_text, sep, text = status.partition(" ")
@@ -235,7 +267,11 @@ class RelaySMTP(SMTP):
                     await self.push("501 5.5.4 ENVID must be 1 to 100 characters")
                     return
             self.pending_mail = MailDsn(envid=envid, ret=ret.upper() if ret else None)
-        await super().smtp_MAIL(arg)
+        self._grouping = True
+        try:
+            await super().smtp_MAIL(arg)
+        finally:
+            self._grouping = False
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:  # noqa: N802 - aiosmtpd's name
@@ -268,7 +304,11 @@ class RelaySMTP(SMTP):
                     )
                     return
             self.pending_rcpt = RcptDsn(notify=notify, orcpt=orcpt)
-        await super().smtp_RCPT(arg)
+        self._grouping = True
+        try:
+            await super().smtp_RCPT(arg)
+        finally:
+            self._grouping = False
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's name

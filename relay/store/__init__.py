@@ -33,6 +33,7 @@ from relay.store._store import (
     DEFAULT_FOLDERS,
     HIERARCHY_DELIMITER,
     MailStore,
+    NewDelivery,
     canonical_address,
     canonical_folder,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "MasterKeyError",
     "MessageInfo",
     "MessageNotFoundError",
+    "NewDelivery",
     "ParsedStructure",
     "SpecialUse",
     "StoreError",

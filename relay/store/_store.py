@@ -33,7 +33,9 @@ What must stay true:
   sealed address). Plain: numbers, flags, sizes, dates, folder names.
 - Never an index row without its file: a file is written to a temporary name,
   fsynced, renamed and its directory fsynced before the row that names it is
-  committed. Removing goes the other way (commit, then unlink). A crash leaves
+  committed (:meth:`MailStore.deliver_batch` writes under the final names,
+  syncs every file and then each directory once, and commits all the rows
+  after that). Removing goes the other way (commit, then unlink). A crash leaves
   at most orphan files, which :meth:`MailStore.open` removes after an unclean
   shutdown.
 - RFC 3501 §2.3.1.1: UIDs in a folder strictly ascend and are never reused
@@ -89,7 +91,7 @@ from relay.store._models import (
 from relay.store._structure import ParsedStructure, parse_structure
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator, Sequence
     from pathlib import Path
 
     from relay.store._keys import DataKey, KeyRing, MasterKey
@@ -98,6 +100,7 @@ __all__ = [
     "DEFAULT_FOLDERS",
     "HIERARCHY_DELIMITER",
     "MailStore",
+    "NewDelivery",
     "canonical_address",
     "canonical_folder",
 ]
@@ -205,6 +208,19 @@ class _Folder:
     id: int
     name: str
     uidvalidity: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewDelivery:
+    """One message for :meth:`MailStore.deliver_batch` (the arguments of
+    :meth:`MailStore.deliver`)."""
+
+    address: str
+    message: bytes
+    delivery_key: str
+    internal_date: datetime
+    folder: str | SpecialUse = "INBOX"
+    flags: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -957,8 +973,39 @@ class MailStore:
         structure = mailbox.key.seal(
             parse_structure(message).to_json(), _aad(b"structure", mailbox.id, blob_id)
         )
-        kw = _keyword_text(keywords)
         path = self._write_file(mailbox, blob_id, message)
+        job = _Job(
+            self._insert(
+                mailbox,
+                folder,
+                blob_id,
+                len(message),
+                structure,
+                (bits, _keyword_text(keywords), ts, tz),
+                tag,
+                path,
+            )
+        )
+        try:
+            return self._commit_grouped(job)
+        finally:
+            if not job.committed:
+                path.unlink(missing_ok=True)
+
+    def _insert(
+        self,
+        mailbox: _Mailbox,
+        folder: str | SpecialUse,
+        blob_id: bytes,
+        size: int,
+        structure: bytes,
+        row: tuple[int, str, int, int],
+        tag: bytes | None,
+        path: Path,
+    ) -> Callable[[sqlite3.Connection, _Tx], Delivered]:
+        """The index insert of a new message whose file is durable at ``path``;
+        ``row`` is (flag bits, keyword text, internal date, zone offset)."""
+        bits, kw, ts, tz = row
 
         def insert(db: sqlite3.Connection, tx: _Tx) -> Delivered:
             if tag is not None:
@@ -971,24 +1018,17 @@ class MailStore:
             uid, modseq = self._next_uid(db, target)
             db.execute(
                 "INSERT INTO blobs VALUES (?, ?, ?, ?, 1)",
-                (blob_id, mailbox.id, len(message), structure),
+                (blob_id, mailbox.id, size, structure),
             )
             db.execute(
                 f"INSERT INTO messages (folder_id, blob_id, {_MSG_COLS})"  # noqa: S608
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
-                (target.id, blob_id, uid, bits, kw, ts, tz, len(message), modseq),
+                (target.id, blob_id, uid, bits, kw, ts, tz, size, modseq),
             )
             if tag is not None:
                 db.execute(
                     "INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        tag,
-                        mailbox.id,
-                        target.name,
-                        target.uidvalidity,
-                        uid,
-                        len(message),
-                    ),
+                    (tag, mailbox.id, target.name, target.uidvalidity, uid, size),
                 )
             tx.changes.append(
                 Change(
@@ -1004,15 +1044,112 @@ class MailStore:
                 folder=target.name,
                 uidvalidity=target.uidvalidity,
                 uid=uid,
-                size=len(message),
+                size=size,
             )
 
-        job = _Job(insert)
+        return insert
+
+    def deliver_batch(
+        self, deliveries: Sequence[NewDelivery]
+    ) -> list[Delivered | StoreError]:
+        """Store several messages, each exactly once per delivery key, with one
+        sync round and one index commit for all of them.
+
+        The files are written, then each is ``fdatasync``ed, then each
+        directory they are in is ``fsync``ed once, and only then are their
+        rows committed, in one transaction: never a row without its durable
+        file. Durable on return, like :meth:`deliver`. Returns one result per
+        delivery, in order: a :class:`Delivered` (``duplicate=True`` for a key
+        seen before, also within the batch), or the :class:`StoreError` that
+        refused that one (unknown mailbox or folder, bad flag); the others are
+        stored all the same.
+
+        Raises:
+            OSError, sqlite3.Error: a host fault; nothing of the batch is stored.
+        """
+        results: list[Delivered | StoreError | None] = [None] * len(deliveries)
+        jobs: list[tuple[int, _Job, Path]] = []
+        fds: list[int] = []
+        directories: dict[Path, None] = {}
         try:
-            return self._commit_grouped(job)
+            for n, d in enumerate(deliveries):
+                if not isinstance(d.message, bytes):
+                    raise ValueError("a message is bytes")
+                try:
+                    mailbox = self._mailbox(d.address)
+                    bits, keywords = _parse_flags(d.flags)
+                except StoreError as exc:
+                    results[n] = exc
+                    continue
+                tag = self._keys.locator("delivery", d.delivery_key)
+                with self._lock:
+                    prior = self._prior_delivery(self._conn(), mailbox, tag)
+                if prior is not None:
+                    results[n] = prior
+                    continue
+                ts, tz = _date_parts(d.internal_date)
+                folder = d.folder
+                if not isinstance(folder, SpecialUse):
+                    folder = canonical_folder(folder)
+                blob_id = secrets.token_bytes(_BLOB_ID_SIZE)
+                structure = mailbox.key.seal(
+                    parse_structure(d.message).to_json(),
+                    _aad(b"structure", mailbox.id, blob_id),
+                )
+                row = (bits, _keyword_text(keywords), ts, tz)
+                path, fd = self._write_unsynced(mailbox, blob_id, d.message)
+                fds.append(fd)
+                insert = self._insert(
+                    mailbox, folder, blob_id, len(d.message), structure, row, tag, path
+                )
+                jobs.append((n, _Job(insert), path))
+                directories[mailbox.directory] = None
+            # One sync round: the files' data, then each directory once (the
+            # entries were created before the first sync, so most of the
+            # directory syncs find their journal already committed).
+            for fd in fds:
+                os.fdatasync(fd)
+            for directory in directories:
+                _fsync_dir(directory)
+            if jobs:
+                self._commit_jobs([job for _, job, _ in jobs])
         finally:
-            if not job.committed:
-                path.unlink(missing_ok=True)
+            for fd in fds:
+                os.close(fd)
+            for _, job, path in jobs:
+                if not job.committed:
+                    path.unlink(missing_ok=True)
+        for n, job, _ in jobs:
+            results[n] = job.error if job.error is not None else job.result
+        out: list[Delivered | StoreError] = []
+        for result in results:
+            if result is None:  # pragma: no cover (every job is done or raised)
+                raise StoreError("delivery lost its result")
+            out.append(result)
+        return out
+
+    def _write_unsynced(
+        self, mailbox: _Mailbox, blob_id: bytes, message: bytes
+    ) -> tuple[Path, int]:
+        """Encrypt and write a message file under its final name, not synced;
+        returns its path and the open descriptor (the caller syncs and closes).
+
+        No temporary name: until its row is committed the file is an orphan,
+        which :meth:`open` removes after a crash (rows are only committed
+        once the file is synced).
+        """
+        sealed = mailbox.key.seal(message, _aad(b"message", mailbox.id, blob_id))
+        path = mailbox.directory / blob_id.hex()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(_MAGIC + sealed)
+            while view:
+                view = view[os.write(fd, view) :]
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        return path, fd
 
     def _commit_grouped(self, job: _Job) -> Delivered:
         """Commit ``job`` together with every insert queued meanwhile.
@@ -1023,18 +1160,21 @@ class MailStore:
         own savepoint, so a refused one (unknown folder) does not undo the
         others.
         """
-        with self._pending_lock:
-            self._pending.append(job)
-        with self._lock:
-            if not job.done:
-                with self._pending_lock:
-                    batch, self._pending = self._pending, []
-                self._run_batch(batch)
+        self._commit_jobs([job])
         if job.error is not None:
             raise job.error
         if job.result is None:  # pragma: no cover (done implies result or error)
             raise StoreError("delivery lost its result")
         return job.result
+
+    def _commit_jobs(self, jobs: list[_Job]) -> None:
+        with self._pending_lock:
+            self._pending.extend(jobs)
+        with self._lock:
+            if not all(j.done for j in jobs):
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                self._run_batch(batch)
 
     def _run_batch(self, batch: list[_Job]) -> None:
         db = self._conn()
