@@ -226,8 +226,8 @@ class DeliverySettings:
     trust_anchors_file: Path | None = None
     crl_files: tuple[Path, ...] = ()  # peers' certificates are checked against them
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    concurrency: int = 20
-    destination_concurrency: int = 4
+    concurrency: int = 50
+    destination_concurrency: int = 10
     connect_timeout: float = 30.0
     # RFC 5321 §4.5.3.2: minutes per command, 10 for the final reply.
     command_timeout: float = 300.0
@@ -696,8 +696,8 @@ def _delivery(t: _Table | None) -> DeliverySettings:
         trust_anchors_file=t.optional_path("trust_anchors_file"),
         crl_files=t.paths("crl_files"),
         retry=retry,
-        concurrency=t.integer("concurrency", 20, minimum=1),
-        destination_concurrency=t.integer("destination_concurrency", 4, minimum=1),
+        concurrency=t.integer("concurrency", 50, minimum=1),
+        destination_concurrency=t.integer("destination_concurrency", 10, minimum=1),
         connect_timeout=t.number("connect_timeout", 30.0),
         command_timeout=t.number("command_timeout", 300.0),
         patient_read_receipts=t.choice(

@@ -211,58 +211,90 @@ def domain_of(address: str) -> str:
 
 
 class SqliteOutboundQueue:
-    """:class:`OutboundQueue` in one SQLite file (WAL), shared by threads."""
+    """:class:`OutboundQueue` in one SQLite file (WAL), shared by threads.
+
+    Each thread has its own connection, so reads never wait for a write
+    (WAL readers see the last commit); writes take one lock in turn rather
+    than SQLite's sleeping busy handler.
+    """
 
     def __init__(self, path: Path, key: bytes) -> None:
         self.path = path
         self._aead = AESGCM(key)
-        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=30
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # A queued message is acknowledged: every commit reaches the disk.
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
+            db = self._conn()
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
             # One relay process per data directory: leases left by a crash
             # belong to nobody now.
-            self._db.execute("UPDATE recipients SET lease_until = 0")
+            db.execute("UPDATE recipients SET lease_until = 0")
         except sqlite3.Error as exc:
             raise OutboundError(f"{path}: {exc}") from exc
         path.chmod(0o600)
+
+    def _conn(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30
+            )
+            # A queued message is acknowledged: every commit reaches the disk.
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._local.db = db
+            with self._connections_lock:
+                self._connections.append(db)
+        return db
 
     @classmethod
     def open(cls, data_dir: Path, key: bytes) -> SqliteOutboundQueue:
         return cls(data_dir / OUTBOUND_FILE_NAME, key)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        with self._connections_lock:
+            for db in self._connections:
+                db.close()
+            self._connections.clear()
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._write_lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                db = self._conn()
+                db.execute("BEGIN IMMEDIATE")
                 try:
-                    yield self._db
+                    yield db
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    db.execute("ROLLBACK")
                     raise
-                self._db.execute("COMMIT")
+                db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise OutboundError(f"{self.path}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: the statements inside see one commit."""
+        try:
+            db = self._conn()
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise OutboundError(f"{self.path}: {exc}") from exc
 
     def _read(
         self, sql: str, params: Sequence[object] = ()
     ) -> list[tuple[object, ...]]:
-        with self._lock:
-            try:
-                return list(self._db.execute(sql, params))
-            except sqlite3.Error as exc:
-                raise OutboundError(f"{self.path}: {exc}") from exc
+        try:
+            return list(self._conn().execute(sql, params))
+        except sqlite3.Error as exc:
+            raise OutboundError(f"{self.path}: {exc}") from exc
 
     # -- enqueue ------------------------------------------------------------
 
@@ -436,25 +468,23 @@ class SqliteOutboundQueue:
     # -- admin ----------------------------------------------------------------
 
     def messages(self) -> list[tuple[QueuedMessage, list[QueuedRecipient]]]:
-        with self._lock:
-            try:
-                rows = list(
-                    self._db.execute(
-                        f"SELECT {_MESSAGE_COLUMNS} FROM messages ORDER BY id"  # noqa: S608 - constant column lists
-                    )
+        with self._snapshot() as db:
+            rows = list(
+                db.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages ORDER BY id"  # noqa: S608 - constant column lists
                 )
-                out = []
-                for row in rows:
-                    message = _message(row)
-                    out.append((message, self._recipients_of(message.id)))
-            except sqlite3.Error as exc:
-                raise OutboundError(f"{self.path}: {exc}") from exc
+            )
+            out = []
+            for row in rows:
+                message = _message(row)
+                out.append((message, self._recipients_of(db, message.id)))
         return out
 
-    def _recipients_of(self, queue_id: str) -> list[QueuedRecipient]:
+    @staticmethod
+    def _recipients_of(db: sqlite3.Connection, queue_id: str) -> list[QueuedRecipient]:
         return [
             _recipient(row)
-            for row in self._db.execute(
+            for row in db.execute(
                 f"SELECT {_RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ?"  # noqa: S608 - constant column lists
                 " ORDER BY address",
                 (queue_id,),
@@ -462,17 +492,14 @@ class SqliteOutboundQueue:
         ]
 
     def message(self, queue_id: str) -> tuple[QueuedMessage, list[QueuedRecipient]]:
-        with self._lock:
-            try:
-                row = self._db.execute(
-                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?",  # noqa: S608 - constant column lists
-                    (queue_id,),
-                ).fetchone()
-                if row is None:
-                    raise UnknownQueueIdError(f"queue id {queue_id}: not queued")
-                return _message(row), self._recipients_of(queue_id)
-            except sqlite3.Error as exc:
-                raise OutboundError(f"{self.path}: {exc}") from exc
+        with self._snapshot() as db:
+            row = db.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?",  # noqa: S608 - constant column lists
+                (queue_id,),
+            ).fetchone()
+            if row is None:
+                raise UnknownQueueIdError(f"queue id {queue_id}: not queued")
+            return _message(row), self._recipients_of(db, queue_id)
 
     def hold(self, queue_id: str, *, held: bool = True) -> None:
         with self._tx() as db:

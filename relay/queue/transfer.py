@@ -23,14 +23,16 @@ What must stay true:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from directory.errors import DirectoryError
 from mssante import Timeouts
@@ -70,9 +72,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("mssante.relay.outbound")
 
 # Postfix: default_process_limit 100, default_destination_concurrency_limit 20;
-# an MSSanté relay talks to a few dozen operators, so fewer suffice.
-DEFAULT_CONCURRENCY: Final = 20
-DEFAULT_DESTINATION_CONCURRENCY: Final = 4
+# an MSSanté relay talks to a few dozen operators, so half suffices.
+DEFAULT_CONCURRENCY: Final = 50
+DEFAULT_DESTINATION_CONCURRENCY: Final = 10
 # Messages claimed at once by a session, and sent on one connection before
 # it is closed (Postfix's smtp_connection_reuse_count_limit is unlimited;
 # a bound spreads load over the peer's MX hosts).
@@ -81,6 +83,9 @@ DEFAULT_MESSAGES_PER_CONNECTION: Final = 500
 # How often the queue is looked at when nothing wakes the scheduler (the
 # admin CLI changes the queue from another process).
 DEFAULT_POLL_INTERVAL: Final = 1.0
+# Threads for the outbound queue and the DSNs written to the store.
+QUEUE_THREADS: Final = 4
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,8 +141,24 @@ class OutboundDelivery:
         self._active: dict[str, int] = {}
         self._sessions: set[asyncio.Task[None]] = set()
         self._scheduler: asyncio.Task[None] | None = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=QUEUE_THREADS, thread_name_prefix="outbound"
+        )
 
     # -- lifecycle ------------------------------------------------------------
+
+    async def _call(
+        self,
+        fn: Callable[..., _T],
+        *args: object,
+        **kwargs: object,
+    ) -> _T:
+        """Blocking queue and store work, in this delivery's own threads (never
+        behind the SMTP side's spool writes in the default executor)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, functools.partial(fn, *args, **kwargs)
+        )
 
     def start(self) -> None:
         self._scheduler = asyncio.create_task(self._run(), name="outbound")
@@ -152,6 +173,7 @@ class OutboundDelivery:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._scheduler = None
+        self._pool.shutdown(wait=True)
 
     # -- scheduling -----------------------------------------------------------
 
@@ -161,8 +183,8 @@ class OutboundDelivery:
             self._wake.clear()
             now = self._clock()
             try:
-                due = await asyncio.to_thread(self._queue.due, now)
-                next_due = await asyncio.to_thread(self._queue.next_due)
+                due = await self._call(self._queue.due, now)
+                next_due = await self._call(self._queue.next_due)
             except OutboundError:
                 log.exception("outbound queue unreadable; retrying")
                 due, next_due = {}, None
@@ -207,7 +229,7 @@ class OutboundDelivery:
     # -- one destination ------------------------------------------------------
 
     async def _claim(self, domain: str) -> list[Claimed]:
-        return await asyncio.to_thread(
+        return await self._call(
             self._queue.claim, domain, self._clock(), limit=self._settings.batch
         )
 
@@ -234,6 +256,9 @@ class OutboundDelivery:
                             )
                         await self._fail_all(domain, failure)
                         return
+                # Outcomes are recorded while the next message is sent; the
+                # batch's records are all written before the next claim.
+                recording: list[asyncio.Task[None]] = []
                 for n, item in enumerate(claimed):
                     try:
                         replies = await session.send(
@@ -248,8 +273,11 @@ class OutboundDelivery:
                         await session.close()
                         session = None
                         break
-                    await self._apply(item, replies, session)
+                    recording.append(
+                        asyncio.create_task(self._apply(item, replies, session))
+                    )
                     sent_on_connection += 1
+                await asyncio.gather(*recording)
                 if (
                     session is not None
                     and sent_on_connection >= self._settings.messages_per_connection
@@ -321,6 +349,7 @@ class OutboundDelivery:
         retry = self._settings.retry
         notices = _Notices()
         remote_mta = session.host.name if session is not None else None
+        tls = session.tls if session is not None else None
         for recipient, reply in zip(item.recipients, replies, strict=True):
             outcome = verdict(reply.code)
             text = reply.reply
@@ -372,7 +401,7 @@ class OutboundDelivery:
                             will_retry_until=retry.give_up_at(message.queued_at),
                         )
                     )
-                    await asyncio.to_thread(
+                    await self._call(
                         self._queue.mark_delay_notified,
                         recipient.message_id,
                         recipient.address,
@@ -395,7 +424,7 @@ class OutboundDelivery:
                 sender=message.sender,
                 recipient=recipient.address,
                 remote_mta=remote_mta,
-                tls=session.tls if session is not None else None,
+                tls=tls,
                 code=reply.status,
                 reason=text,
                 attempts=recipient.attempts + 1,
@@ -411,7 +440,7 @@ class OutboundDelivery:
         reply: str,
         next_attempt: datetime | None = None,
     ) -> None:
-        await asyncio.to_thread(
+        await self._call(
             self._queue.record,
             message_id,
             address,
@@ -440,9 +469,7 @@ class OutboundDelivery:
             ).hexdigest()[:16]
             key = f"{message.id}:dsn-{action.value}:{digest}"
             try:
-                await asyncio.to_thread(
-                    self._store_notice, message.sender, dsn, key, now
-                )
+                await self._call(self._store_notice, message.sender, dsn, key, now)
             except StoreError:
                 log.exception("DSN for %s could not be stored", message.id)
                 continue

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 KILL_AFTER = 15  # messages B has when A is killed
 TOKEN = re.compile(rb"token-(\d+)")
-DESTINATION_SESSIONS = 4  # [delivery] destination_concurrency (default)
+DESTINATION_SESSIONS = 10  # [delivery] destination_concurrency (default)
 
 
 def _toml(data: dict[str, Any], prefix: str = "") -> str:
