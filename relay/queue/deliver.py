@@ -319,10 +319,7 @@ class LocalDelivery:
         """Store every copy in one batch; remove the spool files whose copies
         are all durable; return their names (the others are retried)."""
         files = {m.file for m in messages}
-        failed: set[str] = set()
-        for m in messages:
-            if m.file not in failed and not self._queue_outbound(m.envelope, m.message):
-                failed.add(m.file)
+        failed = self._queue_outbound(messages)
         messages = [m for m in messages if m.file not in failed]
         copies = [copy for m in messages for copy in m.copies]
         try:
@@ -378,43 +375,52 @@ class LocalDelivery:
             self._spool.remove(name)
         return done
 
-    def _queue_outbound(self, envelope: Envelope, message: bytes) -> bool:
-        """Hand the recipients of other operators to the outbound queue.
+    def _queue_outbound(self, messages: Sequence[_Message]) -> set[str]:
+        """Hand the recipients of other operators to the outbound queue, in
+        one commit for the batch; the spool files to retry.
 
         Idempotent (the queue id is the key), so a replayed spool file
-        queues nothing twice. False: retry the whole file later.
+        queues nothing twice.
         """
-        remote = [r for r in envelope.recipients if not self._is_local(r.address)]
-        if not remote:
-            return True
+        items = [
+            (m, [r for r in m.envelope.recipients if not self._is_local(r.address)])
+            for m in messages
+        ]
+        items = [(m, remote) for m, remote in items if remote]
+        if not items:
+            return set()
+        files = {m.file for m, _ in items}
         if self._outbound is None:
             # The RCPT policy accepts remote recipients only with outbound
             # delivery configured; a file from an older configuration waits.
             log.error(
-                "%s has remote recipients and no outbound delivery", envelope.queue_id
+                "%d spool files have remote recipients and no outbound", len(files)
             )
-            return False
+            return files
         try:
-            queued = self._outbound.enqueue(
-                envelope, message, remote, now=self._clock()
+            queued = self._outbound.enqueue_many(
+                [(m.envelope, m.message, remote) for m, remote in items],
+                now=self._clock(),
             )
         except OutboundError:
             log.exception(
-                "outbound queue write of %s failed; will retry", envelope.queue_id
+                "outbound queue write of %d files failed; will retry", len(files)
             )
-            return False
-        if queued:
-            self._audit.emit(
-                AuditEvent.MESSAGE_QUEUED,
-                cid=envelope.cid,
-                sender=envelope.sender,
-                recipients=[r.address for r in remote],
-                queue_id=envelope.queue_id,
-                message_ref=envelope.message_ref,
-            )
+            return files
+        with self._audit.together():
+            for (m, remote), new in zip(items, queued, strict=True):
+                if new:
+                    self._audit.emit(
+                        AuditEvent.MESSAGE_QUEUED,
+                        cid=m.envelope.cid,
+                        sender=m.envelope.sender,
+                        recipients=[r.address for r in remote],
+                        queue_id=m.envelope.queue_id,
+                        message_ref=m.envelope.message_ref,
+                    )
         if self._on_outbound is not None:
             self._on_outbound()
-        return True
+        return set()
 
     def _queue_notice(self, envelope: Envelope, dsn: bytes) -> None:
         """A DSN for a sender of another operator goes back over MX."""

@@ -143,6 +143,22 @@ class Claimed:
     content: bytes
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """One attempt's result for one recipient."""
+
+    message_id: str
+    address: str
+    state: State  # QUEUED: deferred, with next_attempt
+    reply: str
+    next_attempt: datetime | None = None
+    delay_notified: bool = False  # a delay DSN went with this attempt
+
+    def __post_init__(self) -> None:
+        if self.state is State.QUEUED and self.next_attempt is None:
+            raise ValueError("next_attempt: required for a deferral")
+
+
 class OutboundQueue(Protocol):
     """The durable outbound queue (blocking calls: use a thread)."""
 
@@ -155,6 +171,15 @@ class OutboundQueue(Protocol):
         now: datetime,
     ) -> bool:
         """Queue ``message`` for ``recipients``; False if it was already queued."""
+        ...
+
+    def enqueue_many(
+        self,
+        items: Sequence[tuple[Envelope, bytes, Sequence[Recipient]]],
+        *,
+        now: datetime,
+    ) -> list[bool]:
+        """:meth:`enqueue` for several messages, in one transaction."""
         ...
 
     def due(self, now: datetime) -> dict[str, int]:
@@ -171,19 +196,9 @@ class OutboundQueue(Protocol):
         """Lease up to ``limit`` messages' due recipients for ``domain``."""
         ...
 
-    def record(
-        self,
-        message_id: str,
-        address: str,
-        state: State,
-        reply: str,
-        *,
-        next_attempt: datetime | None = None,
-    ) -> None:
-        """An attempt's outcome; ``next_attempt`` for a deferral."""
+    def record(self, outcomes: Sequence[Outcome]) -> None:
+        """Attempts' outcomes, in one transaction."""
         ...
-
-    def mark_delay_notified(self, message_id: str, address: str) -> None: ...
 
     def messages(self) -> list[tuple[QueuedMessage, list[QueuedRecipient]]]: ...
 
@@ -306,51 +321,79 @@ class SqliteOutboundQueue:
         *,
         now: datetime,
     ) -> bool:
-        if not recipients:
-            return False
-        queue_id = envelope.queue_id
-        nonce = os.urandom(NONCE_SIZE)
-        sealed = nonce + self._aead.encrypt(nonce, message, queue_id.encode())
+        [queued] = self.enqueue_many([(envelope, message, recipients)], now=now)
+        return queued
+
+    def enqueue_many(
+        self,
+        items: Sequence[tuple[Envelope, bytes, Sequence[Recipient]]],
+        *,
+        now: datetime,
+    ) -> list[bool]:
+        sealed: list[bytes] = []
+        for envelope, message, _ in items:
+            nonce = os.urandom(NONCE_SIZE)
+            sealed.append(
+                nonce + self._aead.encrypt(nonce, message, envelope.queue_id.encode())
+            )
+        out: list[bool] = []
         with self._tx() as db:
-            if db.execute(
-                "SELECT 1 FROM messages WHERE id = ?", (queue_id,)
-            ).fetchone():
-                return False
-            db.execute(
-                "INSERT INTO messages (id, sender, envid, ret, body, smtputf8,"
-                " message_ref, cid, received_at, queued_at, size, sealed)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            for (envelope, message, recipients), blob in zip(
+                items, sealed, strict=True
+            ):
+                out.append(self._insert(db, envelope, message, recipients, blob, now))
+        return out
+
+    @staticmethod
+    def _insert(
+        db: sqlite3.Connection,
+        envelope: Envelope,
+        message: bytes,
+        recipients: Sequence[Recipient],
+        sealed: bytes,
+        now: datetime,
+    ) -> bool:
+        queue_id = envelope.queue_id
+        if (
+            not recipients
+            or db.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone()
+        ):
+            return False
+        db.execute(
+            "INSERT INTO messages (id, sender, envid, ret, body, smtputf8,"
+            " message_ref, cid, received_at, queued_at, size, sealed)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                queue_id,
+                envelope.sender,
+                envelope.envid,
+                envelope.ret,
+                envelope.body,
+                int(envelope.smtputf8),
+                envelope.message_ref,
+                envelope.cid,
+                envelope.received_at.isoformat(),
+                _ts(now),
+                len(message),
+                sealed,
+            ),
+        )
+        db.executemany(
+            "INSERT INTO recipients (message_id, address, domain, notify, orcpt,"
+            " state, next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
                 (
                     queue_id,
-                    envelope.sender,
-                    envelope.envid,
-                    envelope.ret,
-                    envelope.body,
-                    int(envelope.smtputf8),
-                    envelope.message_ref,
-                    envelope.cid,
-                    envelope.received_at.isoformat(),
+                    r.address,
+                    domain_of(r.address),
+                    ",".join(r.notify),
+                    r.orcpt,
+                    State.QUEUED.value,
                     _ts(now),
-                    len(message),
-                    sealed,
-                ),
-            )
-            db.executemany(
-                "INSERT INTO recipients (message_id, address, domain, notify, orcpt,"
-                " state, next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        queue_id,
-                        r.address,
-                        domain_of(r.address),
-                        ",".join(r.notify),
-                        r.orcpt,
-                        State.QUEUED.value,
-                        _ts(now),
-                    )
-                    for r in recipients
-                ],
-            )
+                )
+                for r in recipients
+            ],
+        )
         return True
 
     # -- delivery -----------------------------------------------------------
@@ -430,40 +473,33 @@ class SqliteOutboundQueue:
                 f"queue id {queue_id}: message fails its integrity check"
             ) from None
 
-    def record(
-        self,
-        message_id: str,
-        address: str,
-        state: State,
-        reply: str,
-        *,
-        next_attempt: datetime | None = None,
-    ) -> None:
+    def record(self, outcomes: Sequence[Outcome]) -> None:
         with self._tx() as db:
-            if state is State.QUEUED:
-                if next_attempt is None:
-                    raise ValueError("next_attempt: required for a deferral")
+            for o in outcomes:
+                if o.state is State.QUEUED:
+                    assert o.next_attempt is not None  # noqa: S101 - Outcome checks it
+                    db.execute(
+                        "UPDATE recipients SET attempts = attempts + 1,"
+                        " next_attempt = ?, last_reply = ?, lease_until = 0,"
+                        " delay_notified = max(delay_notified, ?)"
+                        " WHERE message_id = ? AND address = ?",
+                        (
+                            _ts(o.next_attempt),
+                            o.reply,
+                            int(o.delay_notified),
+                            o.message_id,
+                            o.address,
+                        ),
+                    )
+                    continue
                 db.execute(
-                    "UPDATE recipients SET attempts = attempts + 1, next_attempt = ?,"
+                    "UPDATE recipients SET state = ?, attempts = attempts + 1,"
                     " last_reply = ?, lease_until = 0"
                     " WHERE message_id = ? AND address = ?",
-                    (_ts(next_attempt), reply, message_id, address),
+                    (o.state.value, o.reply, o.message_id, o.address),
                 )
-                return
-            db.execute(
-                "UPDATE recipients SET state = ?, attempts = attempts + 1,"
-                " last_reply = ?, lease_until = 0 WHERE message_id = ? AND address = ?",
-                (state.value, reply, message_id, address),
-            )
-            _drop_if_done(db, message_id)
-
-    def mark_delay_notified(self, message_id: str, address: str) -> None:
-        with self._tx() as db:
-            db.execute(
-                "UPDATE recipients SET delay_notified = 1"
-                " WHERE message_id = ? AND address = ?",
-                (message_id, address),
-            )
+            for message_id in dict.fromkeys(o.message_id for o in outcomes):
+                _drop_if_done(db, message_id)
 
     # -- admin ----------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from mssante.message import Action, RecipientStatus
 from relay import policy
 from relay.audit import AuditEvent
 from relay.queue.notices import compose_notice, orcpt_address
-from relay.queue.outbound import OutboundError, State
+from relay.queue.outbound import OutboundError, Outcome, State
 from relay.queue.remote import (
     DEFAULT_MX_PORT,
     RecipientReply,
@@ -64,7 +64,12 @@ if TYPE_CHECKING:
 
     from directory.protocol import Directory
     from relay.audit import AuditTrail
-    from relay.queue.outbound import Claimed, OutboundQueue
+    from relay.queue.outbound import (
+        Claimed,
+        OutboundQueue,
+        QueuedMessage,
+        QueuedRecipient,
+    )
     from relay.queue.resolve import MailHost, Resolver
     from relay.store import MailStore
     from relay.tls import PeerCertificate
@@ -250,34 +255,27 @@ class OutboundDelivery:
                     session, failure = await self._connect(domain, hosts)
                     sent_on_connection = 0
                     if session is None:
-                        for item in claimed:
-                            await self._apply(
-                                item, [failure] * len(item.recipients), None
-                            )
+                        await self._settle(_all_failed(claimed, failure), None)
                         await self._fail_all(domain, failure)
                         return
-                # Outcomes are recorded while the next message is sent; the
-                # batch's records are all written before the next claim.
-                recording: list[asyncio.Task[None]] = []
+                # The batch's outcomes are recorded together (one commit).
+                results: list[tuple[Claimed, Sequence[RecipientReply]]] = []
                 for n, item in enumerate(claimed):
                     try:
                         replies = await session.send(
                             item.message, item.recipients, item.content
                         )
                     except SessionError as exc:
-                        lost = _session_reply(exc)
-                        for rest in claimed[n:]:
-                            await self._apply(
-                                rest, [lost] * len(rest.recipients), session
-                            )
+                        results += _all_failed(claimed[n:], _session_reply(exc))
+                        await self._settle(results, session)
+                        results = []
                         await session.close()
                         session = None
                         break
-                    recording.append(
-                        asyncio.create_task(self._apply(item, replies, session))
-                    )
+                    results.append((item, replies))
                     sent_on_connection += 1
-                await asyncio.gather(*recording)
+                if results:
+                    await self._settle(results, session)
                 if (
                     session is not None
                     and sent_on_connection >= self._settings.messages_per_connection
@@ -291,8 +289,7 @@ class OutboundDelivery:
     async def _fail_all(self, domain: str, failure: RecipientReply) -> None:
         """Apply one failure to every due recipient of ``domain`` (a dead destination)."""
         while claimed := await self._claim(domain):
-            for item in claimed:
-                await self._apply(item, [failure] * len(item.recipients), None)
+            await self._settle(_all_failed(claimed, failure), None)
 
     async def _connect(
         self, domain: str, hosts: Sequence[MailHost]
@@ -338,115 +335,123 @@ class OutboundDelivery:
 
     # -- outcomes ---------------------------------------------------------------
 
-    async def _apply(
+    async def _settle(
         self,
-        item: Claimed,
-        replies: Sequence[RecipientReply],
+        results: Sequence[tuple[Claimed, Sequence[RecipientReply]]],
         session: RemoteSession | None,
     ) -> None:
-        message = item.message
+        """Record the outcomes of a batch in one commit, then audit and notify."""
         now = self._clock()
-        retry = self._settings.retry
-        notices = _Notices()
         remote_mta = session.host.name if session is not None else None
         tls = session.tls if session is not None else None
-        for recipient, reply in zip(item.recipients, replies, strict=True):
-            outcome = verdict(reply.code)
-            text = reply.reply
-            if outcome is Verdict.DEFERRED and retry.expired(message.queued_at, now):
-                outcome = Verdict.BOUNCED
-                text = f"{text} (gave up after {retry.lifetime / 86400:g} days)"
-            status = RecipientStatus(
-                final_recipient=recipient.address,
-                action=Action.RELAYED,
-                status="2.0.0",
-                original_recipient=orcpt_address(recipient.orcpt),
-                remote_mta=remote_mta,
-                diagnostic_code=text,
-                last_attempt_date=now,
-            )
-            if outcome is Verdict.DELIVERED:
-                await self._record(
-                    recipient.message_id, recipient.address, State.DELIVERED, text
+        outcomes: list[Outcome] = []
+        events: list[tuple[AuditEvent, Claimed, QueuedRecipient, str, str]] = []
+        notices: list[tuple[Claimed, _Notices]] = []
+        for item, replies in results:
+            mine = _Notices()
+            for recipient, reply in zip(item.recipients, replies, strict=True):
+                event, outcome, status = self._outcome(
+                    item.message, recipient, reply, remote_mta, now
                 )
-                if (
-                    wants_success_notice(message.sender, recipient.notify)
-                    and not reply.remote_dsn
-                ):
-                    # RFC 3461 §6.2.6: the peer did not take NOTIFY over, so
-                    # this relay reports "relayed".
-                    notices.add(status)
-                event = AuditEvent.MESSAGE_RELAYED
-            elif outcome is Verdict.DEFERRED:
-                attempt = retry.next_attempt(
-                    recipient.attempts + 1, now, self._rng.random()
-                )
-                await self._record(
-                    recipient.message_id, recipient.address, State.QUEUED, text, attempt
-                )
-                if (
-                    retry.wants_delay_notice(
-                        message.queued_at,
-                        now,
-                        recipient.notify,
-                        already_sent=recipient.delay_notified,
-                    )
-                    and message.sender
-                ):
-                    notices.add(
-                        dataclasses.replace(
-                            status,
-                            action=Action.DELAYED,
-                            status=reply.status if reply.status[0] == "4" else "4.0.0",
-                            will_retry_until=retry.give_up_at(message.queued_at),
-                        )
-                    )
-                    await self._call(
-                        self._queue.mark_delay_notified,
-                        recipient.message_id,
-                        recipient.address,
-                    )
-                event = AuditEvent.MESSAGE_DEFERRED
-            else:
-                await self._record(
-                    recipient.message_id, recipient.address, State.BOUNCED, text
-                )
-                if wants_failure_notice(message.sender, recipient.notify):
-                    code = reply.status if reply.status[0] == "5" else "5.0.0"
-                    notices.add(
-                        dataclasses.replace(status, action=Action.FAILED, status=code)
-                    )
-                event = AuditEvent.MESSAGE_BOUNCED
+                outcomes.append(outcome)
+                if status is not None:
+                    mine.add(status)
+                events.append((event, item, recipient, reply.status, outcome.reply))
+            notices.append((item, mine))
+        await self._call(self._queue.record, outcomes)
+        for event, item, recipient, code, reason in events:
             self._audit.emit(
                 event,
-                cid=message.cid,
-                queue_id=message.id,
-                sender=message.sender,
+                cid=item.message.cid,
+                queue_id=item.message.id,
+                sender=item.message.sender,
                 recipient=recipient.address,
                 remote_mta=remote_mta,
                 tls=tls,
-                code=reply.status,
-                reason=text,
+                code=code,
+                reason=reason,
                 attempts=recipient.attempts + 1,
-                message_ref=message.message_ref,
+                message_ref=item.message.message_ref,
             )
-        await self._send_notices(item, notices, now)
+        for item, mine in notices:
+            await self._send_notices(item, mine, now)
 
-    async def _record(
+    def _outcome(
         self,
-        message_id: str,
-        address: str,
-        state: State,
-        reply: str,
-        next_attempt: datetime | None = None,
-    ) -> None:
-        await self._call(
-            self._queue.record,
-            message_id,
-            address,
-            state,
-            reply,
-            next_attempt=next_attempt,
+        message: QueuedMessage,
+        recipient: QueuedRecipient,
+        reply: RecipientReply,
+        remote_mta: str | None,
+        now: datetime,
+    ) -> tuple[AuditEvent, Outcome, RecipientStatus | None]:
+        """What one reply means for one recipient, and the DSN status it calls for."""
+        retry = self._settings.retry
+        verdict_ = verdict(reply.code)
+        text = reply.reply
+        if verdict_ is Verdict.DEFERRED and retry.expired(message.queued_at, now):
+            verdict_ = Verdict.BOUNCED
+            text = f"{text} (gave up after {retry.lifetime / 86400:g} days)"
+        status = RecipientStatus(
+            final_recipient=recipient.address,
+            action=Action.RELAYED,
+            status="2.0.0",
+            original_recipient=orcpt_address(recipient.orcpt),
+            remote_mta=remote_mta,
+            diagnostic_code=text,
+            last_attempt_date=now,
+        )
+        ids = recipient.message_id, recipient.address
+        if verdict_ is Verdict.DELIVERED:
+            # RFC 3461 §6.2.6: a peer that did not take NOTIFY over leaves the
+            # "relayed" notice to this relay.
+            wanted = (
+                wants_success_notice(message.sender, recipient.notify)
+                and not reply.remote_dsn
+            )
+            return (
+                AuditEvent.MESSAGE_RELAYED,
+                Outcome(
+                    message_id=ids[0], address=ids[1], state=State.DELIVERED, reply=text
+                ),
+                status if wanted else None,
+            )
+        if verdict_ is Verdict.DEFERRED:
+            delay = bool(message.sender) and retry.wants_delay_notice(
+                message.queued_at,
+                now,
+                recipient.notify,
+                already_sent=recipient.delay_notified,
+            )
+            attempt = retry.next_attempt(
+                recipient.attempts + 1, now, self._rng.random()
+            )
+            return (
+                AuditEvent.MESSAGE_DEFERRED,
+                Outcome(
+                    message_id=ids[0],
+                    address=ids[1],
+                    state=State.QUEUED,
+                    reply=text,
+                    next_attempt=attempt,
+                    delay_notified=delay,
+                ),
+                dataclasses.replace(
+                    status,
+                    action=Action.DELAYED,
+                    status=reply.status if reply.status[0] == "4" else "4.0.0",
+                    will_retry_until=retry.give_up_at(message.queued_at),
+                )
+                if delay
+                else None,
+            )
+        failure = None
+        if wants_failure_notice(message.sender, recipient.notify):
+            code = reply.status if reply.status[0] == "5" else "5.0.0"
+            failure = dataclasses.replace(status, action=Action.FAILED, status=code)
+        return (
+            AuditEvent.MESSAGE_BOUNCED,
+            Outcome(message_id=ids[0], address=ids[1], state=State.BOUNCED, reply=text),
+            failure,
         )
 
     async def _send_notices(
@@ -489,6 +494,12 @@ class OutboundDelivery:
             delivery_key=key,
             internal_date=now,
         )
+
+
+def _all_failed(
+    claimed: Sequence[Claimed], failure: RecipientReply
+) -> list[tuple[Claimed, Sequence[RecipientReply]]]:
+    return [(item, [failure] * len(item.recipients)) for item in claimed]
 
 
 def _session_reply(exc: SessionError) -> RecipientReply:

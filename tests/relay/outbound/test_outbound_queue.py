@@ -9,6 +9,7 @@ import pytest
 
 from relay.queue.outbound import (
     OutboundError,
+    Outcome,
     SqliteOutboundQueue,
     State,
     UnknownQueueIdError,
@@ -83,31 +84,71 @@ def test_outcomes_remove_the_message_when_every_recipient_is_done(
 ) -> None:
     env = _envelope()
     queue.enqueue(env, b"body", env.recipients, now=T0)
-    queue.record("q1", "b1@op-b.example", State.DELIVERED, "250 ok")
-    queue.record("q1", "b2@op-b.example", State.BOUNCED, "550 5.1.1 unknown")
     retry_at = T0 + timedelta(minutes=5)
     queue.record(
-        "q1", "c@op-c.example", State.QUEUED, "451 4.4.1 down", next_attempt=retry_at
+        [
+            Outcome(
+                message_id="q1",
+                address="b1@op-b.example",
+                state=State.DELIVERED,
+                reply="250 ok",
+            ),
+            Outcome(
+                message_id="q1",
+                address="b2@op-b.example",
+                state=State.BOUNCED,
+                reply="550 5.1.1 unknown",
+            ),
+            Outcome(
+                message_id="q1",
+                address="c@op-c.example",
+                state=State.QUEUED,
+                reply="451 4.4.1 down",
+                next_attempt=retry_at,
+                delay_notified=True,
+            ),
+        ]
     )
     assert queue.next_due() == retry_at
     _, recipients = queue.message("q1")
-    assert [(r.state, r.attempts) for r in recipients] == [
-        (State.DELIVERED, 1),
-        (State.BOUNCED, 1),
-        (State.QUEUED, 1),
+    assert [(r.state, r.attempts, r.delay_notified) for r in recipients] == [
+        (State.DELIVERED, 1, False),
+        (State.BOUNCED, 1, False),
+        (State.QUEUED, 1, True),
     ]
     assert queue.due(T0) == {}
     assert queue.due(retry_at) == {"op-c.example": 1}
-    queue.record("q1", "c@op-c.example", State.DELIVERED, "250 ok")
+    queue.record(
+        [
+            Outcome(
+                message_id="q1",
+                address="c@op-c.example",
+                state=State.DELIVERED,
+                reply="250 ok",
+            )
+        ]
+    )
     assert queue.messages() == []
     assert queue.next_due() is None
 
 
-def test_a_deferral_needs_its_next_attempt(queue: SqliteOutboundQueue) -> None:
-    env = _envelope()
-    queue.enqueue(env, b"body", env.recipients, now=T0)
+def test_a_deferral_needs_its_next_attempt() -> None:
     with pytest.raises(ValueError, match="next_attempt"):
-        queue.record("q1", "c@op-c.example", State.QUEUED, "451")
+        Outcome(
+            message_id="q1", address="c@op-c.example", state=State.QUEUED, reply="451"
+        )
+
+
+def test_a_batch_enqueues_in_one_go_and_skips_what_is_known(
+    queue: SqliteOutboundQueue,
+) -> None:
+    first, second = _envelope("q1"), _envelope("q2")
+    assert queue.enqueue_many(
+        [(first, b"one", first.recipients), (second, b"two", second.recipients[:1])],
+        now=T0,
+    ) == [True, True]
+    assert queue.enqueue_many([(first, b"one", first.recipients)], now=T0) == [False]
+    assert [m.id for m, _ in queue.messages()] == ["q1", "q2"]
 
 
 def test_held_messages_wait_and_admin_changes_name_unknown_ids(
