@@ -698,7 +698,7 @@ def run(args: argparse.Namespace) -> int:
         " outbound queue, MX lookup (loopback DNS), STARTTLS to B with A's operator"
         " certificate, B's chain + MX name + whitelist checked; B = MX, A's"
         " certificate checked against its whitelist, spool fsync, encrypted INBOX;"
-        f" [delivery] destination_concurrency = {args.destination_concurrency or '4 (default)'};"
+        f" [delivery] destination_concurrency = {args.destination_concurrency or '10 (default)'};"
         " argon2id "
         + (
             "t=1 m=1MiB p=1 (cheap logins: 20 logins must not dominate)"
