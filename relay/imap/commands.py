@@ -35,6 +35,7 @@ import logging
 import re
 import sqlite3
 import traceback
+from collections import ChainMap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -43,17 +44,19 @@ from directory.model import Patient, ProxyScope, Status
 from mssante.proto import imap
 from relay.accounts import Attempt, Mechanism, Refusal
 from relay.audit import AuditEvent
-from relay.imap import _fetch
+from relay.imap import _fetch, _search
 from relay.imap._errors import CommandRefusedError, ServerFaultError
-from relay.imap._search import Candidate, matches
+from relay.imap._search import SearchDoc
 from relay.imap._session import (
     DELIMITER,
     SHARED_PREFIX,
     Access,
     Grant,
+    ReadCache,
     Selected,
     Target,
     Via,
+    structure_cost,
 )
 from relay.oauth import (
     SaslSyntaxError,
@@ -71,18 +74,17 @@ from relay.store import (
     InvalidFlagError,
     MailboxNotFoundError,
     MessageInfo,
-    MessageNotFoundError,
     ParsedStructure,
     StoreError,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Mapping
     from datetime import datetime
 
     from relay.accounts import Account, Outcome
     from relay.imap.server import ImapConnection
-    from relay.store import Change
+    from relay.store import Change, MailStore
 
 log = logging.getLogger("mssante.relay.imap")
 
@@ -769,6 +771,8 @@ def _send_expunges(c: ImapConnection, sel: Selected, uids: list[int]) -> None:
         sel.flags.pop(uid, None)
         sel.recent.discard(uid)
         c.untagged(seq, imap.Atom("EXPUNGE"))
+    if sel.cache is not None:
+        sel.cache.forget(uids)
 
 
 async def cmd_expunge(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
@@ -820,8 +824,8 @@ async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
     items = imap.parse_fetch_items(cmd.args[1] if len(cmd.args) == 2 else cmd.args[1:])
     if cmd.uid and not any(i.name == "UID" for i in items):
         items.insert(0, imap.FetchItem("UID"))  # RFC 3501 §6.4.8
-    infos = await _infos(c, sel, [u for _, u in targets])
-    marks_seen = not sel.read_only and any(i.sets_seen for i in items)
+    opens = any(i.sets_seen for i in items)
+    marks_seen = opens and not sel.read_only
     needs_structure = any(
         i.name in ("ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822.HEADER") or i.section
         for i in items
@@ -831,39 +835,79 @@ async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
         or (i.section is not None and _fetch.needs_message(i.section))
         for i in items
     )
-    opens = any(i.sets_seen for i in items)
-    loaded: dict[int, tuple[ParsedStructure | None, bytes | None]] = {}
-    for seq, uid in targets:
-        info = infos.get(uid)
-        if info is None:
-            continue  # expunged by another session meanwhile
-        if uid not in loaded and (needs_structure or needs_message):
-            # One worker-thread call per batch of messages, not per message.
-            batch = _fetch_batch(targets, infos, uid, with_body=needs_message)
-            loaded = await c.store(
-                _load_batch, c, sel, batch, needs_structure, needs_message
-            )
-        structure, message = loaded.get(uid, (None, None))
-        flags_changed = False
-        if marks_seen and not info.seen:
-            (info,) = await c.store(
+    cache = sel.read_cache()
+    # FLAGS, and \Seen to set, are read fresh from the store (one call); the
+    # internal date and size never change and come from the session's cache.
+    fresh: dict[int, MessageInfo] | None = None
+    needs_meta = needs_message or any(
+        i.name in ("INTERNALDATE", "RFC822.SIZE") for i in items
+    )
+    if marks_seen or any(i.name == "FLAGS" for i in items):
+        fresh = await _refresh(c, sel)
+        targets = [(s, u) for s, u in targets if u in fresh]
+    elif needs_meta and any(u not in cache.meta for _, u in targets):
+        present = await _refresh(c, sel)
+        targets = [(s, u) for s, u in targets if u in present]
+    unseen: list[int] = []
+    if marks_seen:
+        assert fresh is not None  # noqa: S101
+        unseen = [u for _, u in targets if not fresh[u].seen]
+        if unseen:
+            for changed in await c.store(
                 c.ctx.store.store_flags,
                 sel.address,
                 sel.folder,
-                [uid],
+                unseen,
                 ["\\Seen"],
                 FlagMode.ADD,
-            ) or (info,)
-            flags_changed = True
-        if opens:
-            _audit_read(c, sel, uid, structure)
-        data: list[object] = []
-        for item in items:
-            data += _fetch_item(sel, item, info, structure, message)
-        if flags_changed and not any(i.name == "FLAGS" for i in items):
-            data += [imap.Atom("FLAGS"), _flags(sel, info)]
-        sel.flags[uid] = info.flags
-        c.untagged(seq, imap.Atom("FETCH"), tuple(data))
+            ):
+                fresh[changed.uid] = changed
+    seen_set = set(unseen)
+    pos = 0
+    while pos < len(targets):
+        batch = _fetch_batch(targets, pos, cache, with_body=needs_message)
+        pos += len(batch)
+        structures: dict[int, ParsedStructure] = cache.structures
+        messages: dict[int, bytes] = {}
+        missing = (
+            [u for _, u in batch if u not in cache.structures]
+            if needs_structure
+            else []
+        )
+        if missing or needs_message:
+            loaded, messages = await c.store(
+                _load_batch,
+                c.ctx.store,
+                sel.address,
+                sel.folder,
+                missing,
+                [u for _, u in batch] if needs_message else [],
+            )
+            if cache.admit(cache.structures, loaded, structure_cost):
+                structures = {**cache.structures, **loaded}
+        out: list[bytes] = []
+        for seq, uid in batch:
+            if needs_message and uid not in messages:
+                continue  # expunged by another session meanwhile
+            structure = structures.get(uid)
+            if needs_structure and structure is None:
+                continue
+            if opens:
+                _audit_read(c, sel, uid, structure)
+            info = fresh.get(uid) if fresh is not None else None
+            parts = [
+                _fetch_item(sel, cache, item, uid, info, structure, messages.get(uid))
+                for item in items
+            ]
+            if uid in seen_set and not any(i.name == "FLAGS" for i in items):
+                assert info is not None  # noqa: S101
+                parts.append(b"FLAGS " + _flag_bytes(sel, info.flags, uid))
+            if info is not None:
+                sel.flags[uid] = info.flags
+            # The untagged FETCH line, assembled from encoded items (the core
+            # keeps no state for untagged data): RFC 3501 §7.4.2.
+            out.append(b"* %d FETCH (%b)\r\n" % (seq, b" ".join(parts)))
+        c.write(b"".join(out))
         await c.drain_if_needed()
     return Done(f"{'UID ' if cmd.uid else ''}FETCH completed")
 
@@ -876,64 +920,56 @@ _FETCH_BATCH_OCTETS: Final = 8 * 1024 * 1024
 
 def _fetch_batch(
     targets: list[tuple[int, int]],
-    infos: dict[int, MessageInfo],
-    first: int,
+    pos: int,
+    cache: ReadCache,
     *,
     with_body: bool,
-) -> list[int]:
-    """The UIDs from ``first`` on that the next load takes."""
-    uids = [u for _, u in targets]
-    batch: list[int] = []
+) -> list[tuple[int, int]]:
+    """The targets from ``pos`` on that the next load takes."""
+    if not with_body:
+        return targets[pos : pos + 4 * _FETCH_BATCH_MESSAGES]
     octets = 0
-    for uid in uids[uids.index(first) :]:
-        info = infos.get(uid)
-        if info is None:
-            continue
-        if batch and (
-            len(batch) >= _FETCH_BATCH_MESSAGES
-            or (with_body and octets + info.size > _FETCH_BATCH_OCTETS)
-        ):
+    end = pos
+    while end < len(targets) and end - pos < _FETCH_BATCH_MESSAGES:
+        meta = cache.meta.get(targets[end][1])
+        size = meta[1] if meta is not None else 0
+        if end > pos and octets + size > _FETCH_BATCH_OCTETS:
             break
-        batch.append(uid)
-        octets += info.size
-    return batch
+        octets += size
+        end += 1
+    return targets[pos:end]
 
 
 def _load_batch(
-    c: ImapConnection,
-    sel: Selected,
-    uids: list[int],
-    with_structure: bool,
-    with_body: bool,
-) -> dict[int, tuple[ParsedStructure | None, bytes | None]]:
-    """Structures and bodies of ``uids`` (blocking: runs in a worker thread).
+    store: MailStore,
+    address: str,
+    folder: str,
+    structure_uids: list[int],
+    body_uids: list[int],
+) -> tuple[dict[int, ParsedStructure], dict[int, bytes]]:
+    """Structures and bodies (blocking: runs in a worker thread).
 
     A message expunged meanwhile by another session is left out.
     """
-    store = c.ctx.store
-    out: dict[int, tuple[ParsedStructure | None, bytes | None]] = {}
-    for uid in uids:
-        try:
-            structure = (
-                store.structure(sel.address, sel.folder, uid)
-                if with_structure
-                else None
-            )
-            body = store.fetch(sel.address, sel.folder, uid) if with_body else None
-        except MessageNotFoundError:
-            continue
-        out[uid] = (structure, body)
-    return out
+    structures = store.structures(address, folder, structure_uids)
+    bodies = store.fetch_many(address, folder, body_uids) if body_uids else {}
+    return structures, bodies
 
 
-async def _infos(
-    c: ImapConnection, sel: Selected, uids: list[int]
-) -> dict[int, MessageInfo]:
-    if not uids:
-        return {}
+async def _refresh(c: ImapConnection, sel: Selected) -> dict[int, MessageInfo]:
+    """The store's metadata of the folder now; keeps dates and sizes cached.
+
+    Messages the client was told of but never got flags for (new messages)
+    take the store's flags as the ones told.
+    """
     messages = await c.store(c.ctx.store.messages, sel.address, sel.folder)
-    wanted = set(uids)
-    return {m.uid: m for m in messages if m.uid in wanted}
+    cache = sel.read_cache()
+    known = set(sel.uids)
+    for m in messages:
+        cache.meta[m.uid] = (m.internal_date, m.size)
+        if m.uid in known and m.uid not in sel.flags:
+            sel.flags[m.uid] = m.flags
+    return {m.uid: m for m in messages}
 
 
 def _audit_read(
@@ -961,49 +997,62 @@ def _flags(sel: Selected, info: MessageInfo) -> tuple[imap.Atom, ...]:
     return _flag_atoms(flags)
 
 
+def _flag_bytes(sel: Selected, flags: frozenset[str], uid: int) -> bytes:
+    """RFC 3501 §7.4.2 FLAGS list (flags and keywords are atoms)."""
+    names = sorted(flags | {"\\Recent"} if uid in sel.recent else flags)
+    return b"(" + " ".join(names).encode("ascii") + b")"
+
+
 def _fetch_item(
     sel: Selected,
+    cache: ReadCache,
     item: imap.FetchItem,
-    info: MessageInfo,
+    uid: int,
+    info: MessageInfo | None,
     structure: ParsedStructure | None,
     message: bytes | None,
-) -> list[object]:
+) -> bytes:
+    """One FETCH data item, encoded (RFC 3501 §7.4.2)."""
     name = item.name
     if name == "UID":
-        return [imap.Atom("UID"), info.uid]
+        return b"UID %d" % uid
     if name == "FLAGS":
-        return [imap.Atom("FLAGS"), _flags(sel, info)]
-    if name == "INTERNALDATE":
-        return [imap.Atom("INTERNALDATE"), imap.format_datetime(info.internal_date)]
+        assert info is not None  # noqa: S101 - loaded for FLAGS
+        return b"FLAGS " + _flag_bytes(sel, info.flags, uid)
     if name == "RFC822.SIZE":
-        return [imap.Atom("RFC822.SIZE"), info.size]
+        return b"RFC822.SIZE %d" % cache.meta[uid][1]
+    if name == "INTERNALDATE":
+        return b"INTERNALDATE " + imap.encode_values(
+            [imap.format_datetime(cache.meta[uid][0])]
+        )
     assert structure is not None  # noqa: S101 - loaded for these items
+    value: object
     if name == "ENVELOPE":
-        return [imap.Atom("ENVELOPE"), _fetch.envelope(structure.envelope)]
-    if name == "BODYSTRUCTURE":
-        return [
-            imap.Atom("BODYSTRUCTURE"),
-            _fetch.body_structure(structure.body, extensible=True),
-        ]
-    if name == "BODY" and item.section is None:
-        return [
-            imap.Atom("BODY"),
-            _fetch.body_structure(structure.body, extensible=False),
-        ]
-    if name == "RFC822.HEADER":
-        return [imap.Atom("RFC822.HEADER"), structure.header]
-    if name == "RFC822":
+        value = _fetch.envelope(structure.envelope)
+    elif name == "BODYSTRUCTURE":
+        value = _fetch.body_structure(structure.body, extensible=True)
+    elif name == "BODY" and item.section is None:
+        value = _fetch.body_structure(structure.body, extensible=False)
+    elif name == "RFC822.HEADER":
+        value = structure.header
+    elif name == "RFC822":
         assert message is not None  # noqa: S101
-        return [imap.Atom("RFC822"), message]
-    if name == "RFC822.TEXT":
+        value = message
+    elif name == "RFC822.TEXT":
         assert message is not None  # noqa: S101
-        return [imap.Atom("RFC822.TEXT"), message[structure.body.body_start :]]
-    assert item.section is not None  # noqa: S101
-    try:
-        data = _fetch.section_bytes(item.section, structure, message)
-    except _fetch.SectionError:
-        data = b""  # RFC 3501 §6.4.5: a part that does not exist is empty
-    return [imap.Raw(item.response_name().encode()), _fetch.partial(data, item)]
+        value = message[structure.body.body_start :]
+    else:
+        assert item.section is not None  # noqa: S101
+        try:
+            data = _fetch.section_bytes(item.section, structure, message)
+        except _fetch.SectionError:
+            data = b""  # RFC 3501 §6.4.5: a part that does not exist is empty
+        data = _fetch.partial(data, item)
+        # bytes always go as a literal (RFC 3501 §4.3).
+        return b"%b {%d}\r\n%b" % (item.response_name().encode(), len(data), data)
+    if isinstance(value, bytes):
+        return b"%b {%d}\r\n%b" % (name.encode(), len(value), value)
+    return name.encode() + b" " + imap.encode_values([value])
 
 
 _STORE_ITEM: Final = re.compile(r"([+-]?)FLAGS(\.SILENT)?\Z", re.IGNORECASE)
@@ -1094,53 +1143,108 @@ async def cmd_search(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
     charset, key = imap.parse_search(cmd.args)
     if charset not in (None, "UTF-8", "US-ASCII"):
         raise CommandRefusedError("BADCHARSET (UTF-8 US-ASCII)", "Unsupported charset")
-    messages = await c.store(c.ctx.store.messages, sel.address, sel.folder)
-    known = {u: i for i, u in enumerate(sel.uids)}
-    store = c.ctx.store
-    largest_uid = sel.uids[-1] if sel.uids else 0
-    candidates: list[Candidate] = []
-    for info in messages:
-        index = known.get(info.uid)
-        if index is None:
-            continue
-        uid = info.uid
-
-        def load_structure(uid: int = uid) -> ParsedStructure:
-            return store.structure(sel.address, sel.folder, uid)
-
-        def load_message(uid: int = uid) -> bytes:
-            return store.fetch(sel.address, sel.folder, uid)
-
-        candidates.append(
-            Candidate(
-                seq=index + 1,
-                info=info,
-                largest_seq=len(sel.uids),
-                largest_uid=largest_uid,
-                recent=uid in sel.recent,
-                load_structure=load_structure,
-                load_message=load_message,
-            )
+    cache = sel.read_cache()
+    need = _search.needs(key)
+    # The messages the client knows, less those another session expunged
+    # (their EXPUNGE is still pending: RFC 3501 §7.4.1).
+    gone = {u for ch in sel.pending if ch.kind is ChangeKind.EXPUNGE for u in ch.uids}
+    within = [u for u in sel.uids if u not in gone] if gone else list(sel.uids)
+    if any(u not in sel.flags for u in within) or (
+        _search.META in need and any(u not in cache.meta for u in within)
+    ):
+        present = await _refresh(c, sel)
+        within = [u for u in within if u in present]
+    # Flags as they are now: what the client was told, and the changes
+    # another session made that are not told yet.
+    flags: dict[int, frozenset[str]] = sel.flags
+    updates = [
+        info
+        for ch in sel.pending
+        if ch.kind is ChangeKind.FLAGS
+        for info in ch.messages
+    ]
+    if updates:
+        flags = {**sel.flags, **{info.uid: info.flags for info in updates}}
+    docs: Mapping[int, SearchDoc] = cache.docs
+    bodies: Mapping[int, str] = cache.bodies
+    want_docs = (
+        [u for u in within if u not in cache.docs] if _search.DOC in need else []
+    )
+    want_bodies = (
+        [u for u in within if u not in cache.bodies] if _search.BODY in need else []
+    )
+    if want_docs or want_bodies:
+        # One worker-thread call decrypts what is missing; the cache keeps
+        # what its budget allows, the rest serves this command only.
+        structures, new_docs, new_bodies = await c.store(
+            _load_search,
+            c.ctx.store,
+            sel.address,
+            sel.folder,
+            {u: p for u in want_docs + want_bodies if (p := cache.structures.get(u))},
+            want_docs,
+            want_bodies,
         )
-
-    def run() -> list[int]:
-        return [
-            cand.info.uid if cmd.uid else cand.seq
-            for cand in candidates
-            if matches(key, cand)
-        ]
-
-    # Keys that read message data decrypt and parse: one worker thread for
-    # the whole folder, not one hop per message.
-    found = await c.store(run) if _needs_io(key) else run()
-    c.untagged(imap.Atom("SEARCH"), *found)
+        cache.admit(cache.structures, structures, structure_cost)
+        if extra := cache.admit(cache.docs, new_docs, SearchDoc.cost):
+            docs = ChainMap(extra, cache.docs)
+        if extra_bodies := cache.admit(cache.bodies, new_bodies, _body_cost):
+            bodies = ChainMap(extra_bodies, cache.bodies)
+        lost = {u for u in want_docs if u not in new_docs}
+        lost |= {u for u in want_bodies if u not in new_bodies}
+        if lost:  # expunged meanwhile
+            within = [u for u in within if u not in lost]
+    view = _search.View(
+        flags=flags,
+        recent=sel.recent,
+        largest_uid=sel.uids[-1] if sel.uids else 0,
+        largest_seq=len(sel.uids),
+        seq_of=sel.seq_of,
+        meta=cache.meta,
+        docs=docs,
+        bodies=bodies,
+    )
+    found = _search.evaluate(key, view, within)
+    if cmd.uid:
+        numbers = found
+    else:
+        numbers = [n for u in found if (n := sel.seq_of(u)) is not None]
+    c.write(b"* SEARCH%b\r\n" % b"".join(b" %d" % n for n in numbers))
     return Done(f"{'UID ' if cmd.uid else ''}SEARCH completed")
 
 
-def _needs_io(key: imap.SearchKey) -> bool:
-    if key.op in ("HEADER", "BODY", "TEXT", "SENTBEFORE", "SENTON", "SENTSINCE"):
-        return True
-    return any(_needs_io(k) for k in key.keys)
+# SEARCH BODY/TEXT decrypts messages in batches of this many per file read
+# round, so that only their text parts stay in memory.
+_SEARCH_BATCH: Final = 128
+
+
+def _body_cost(text: str) -> int:
+    return len(text) + 64
+
+
+def _load_search(
+    store: MailStore,
+    address: str,
+    folder: str,
+    known: dict[int, ParsedStructure],
+    want_docs: list[int],
+    want_bodies: list[int],
+) -> tuple[dict[int, ParsedStructure], dict[int, SearchDoc], dict[int, str]]:
+    """Search documents and text parts (blocking: runs in a worker thread).
+
+    Returns the structures it had to load too. A message expunged meanwhile
+    is left out.
+    """
+    missing = [u for u in dict.fromkeys(want_docs + want_bodies) if u not in known]
+    loaded = store.structures(address, folder, missing) if missing else {}
+    structures = {**known, **loaded}
+    docs = {u: SearchDoc.of(structures[u].header) for u in want_docs if u in structures}
+    bodies: dict[int, str] = {}
+    for i in range(0, len(want_bodies), _SEARCH_BATCH):
+        chunk = [u for u in want_bodies[i : i + _SEARCH_BATCH] if u in structures]
+        for uid, message in store.fetch_many(address, folder, chunk).items():
+            bodies[uid] = _search.body_text(structures[uid], message)
+    return loaded, docs, bodies
 
 
 # -- untagged updates ----------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from mssante.proto import imap
 from relay.imap import commands
 from relay.imap._errors import CommandRefusedError
+from relay.store import ChangeKind
 from relay.tls import PeerCertificate, describe, peer_certificate
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ _READ_SIZE: Final = 64 * 1024
 # Flush the write buffer during long FETCH responses past this many bytes.
 _DRAIN_THRESHOLD: Final = 256 * 1024
 _T = TypeVar("_T")
+_FOLDER_GONE: Final = frozenset({ChangeKind.FOLDER_DELETED, ChangeKind.FOLDER_RENAMED})
 _counter = itertools.count(1)
 
 
@@ -143,6 +145,10 @@ class ImapConnection:
             and change.folder == sel.folder
         ):
             sel.pending.append(change)
+            if sel.cache is not None and change.kind in _FOLDER_GONE:
+                # The name may come back as another folder whose UIDs
+                # start again: nothing cached may answer for them.
+                sel.cache.clear()
             self.changed.set()
 
     # -- input -----------------------------------------------------------------
