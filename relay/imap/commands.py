@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import logging
 import re
 import sqlite3
@@ -797,24 +798,36 @@ def _messages_for(
     """(seq, uid) pairs named by a sequence set or a UID set."""
     sel = _sel(c)
     seqset = imap.parse_sequence_set(value)
+    uids = sel.uids
+    n = len(uids)
+    spans: list[tuple[int, int]] = []  # index ranges into uids, [i, j)
     if cmd.uid:
-        largest = sel.uids[-1] if sel.uids else 0
-        return [
-            (i + 1, u) for i, u in enumerate(sel.uids) if seqset.contains(u, largest)
-        ]
-    n = len(sel.uids)
-    if n == 0:
-        # RFC 3501 §6.4.5 / 9051: a sequence set on an empty folder is BAD.
-        raise imap.CommandSyntaxError(cmd.tag, "no messages")
-    for lo, hi in seqset.ranges:
-        for bound in (lo, hi):
-            if bound is not None and bound > n:
-                raise imap.CommandSyntaxError(
-                    cmd.tag, "invalid message sequence number"
-                )
-    return [
-        (seq, sel.uids[seq - 1]) for seq in range(1, n + 1) if seqset.contains(seq, n)
-    ]
+        largest = uids[-1] if uids else 0
+        for lo, hi in seqset.ranges:
+            # RFC 3501 §6.4.8: * is the largest UID; a:b is b:a.
+            a = largest if lo is None else lo
+            b = largest if hi is None else hi
+            a, b = min(a, b), max(a, b)
+            spans.append((bisect.bisect_left(uids, a), bisect.bisect_right(uids, b)))
+    else:
+        if n == 0:
+            # RFC 3501 §6.4.5 / 9051: a sequence set on an empty folder is BAD.
+            raise imap.CommandSyntaxError(cmd.tag, "no messages")
+        for lo, hi in seqset.ranges:
+            for bound in (lo, hi):
+                if bound is not None and bound > n:
+                    raise imap.CommandSyntaxError(
+                        cmd.tag, "invalid message sequence number"
+                    )
+            a = n if lo is None else lo
+            b = n if hi is None else hi
+            spans.append((min(a, b) - 1, max(a, b)))
+    spans = [(i, j) for i, j in spans if i < j]
+    if len(spans) == 1:
+        i, j = spans[0]
+        return list(zip(range(i + 1, j + 1), uids[i:j], strict=True))
+    indexes = sorted({k for i, j in spans for k in range(i, j)})
+    return [(k + 1, uids[k]) for k in indexes]
 
 
 async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
@@ -863,6 +876,7 @@ async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
             ):
                 fresh[changed.uid] = changed
     seen_set = set(unseen)
+    labelled = [(i, i.response_name().encode()) for i in items]
     pos = 0
     while pos < len(targets):
         batch = _fetch_batch(targets, pos, cache, with_body=needs_message)
@@ -895,9 +909,10 @@ async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
             if opens:
                 _audit_read(c, sel, uid, structure)
             info = fresh.get(uid) if fresh is not None else None
+            message = messages.get(uid)
             parts = [
-                _fetch_item(sel, cache, item, uid, info, structure, messages.get(uid))
-                for item in items
+                _fetch_item(sel, cache, item, label, uid, info, structure, message)
+                for item, label in labelled
             ]
             if uid in seen_set and not any(i.name == "FLAGS" for i in items):
                 assert info is not None  # noqa: S101
@@ -1007,6 +1022,7 @@ def _fetch_item(
     sel: Selected,
     cache: ReadCache,
     item: imap.FetchItem,
+    label: bytes,
     uid: int,
     info: MessageInfo | None,
     structure: ParsedStructure | None,
@@ -1049,10 +1065,10 @@ def _fetch_item(
             data = b""  # RFC 3501 §6.4.5: a part that does not exist is empty
         data = _fetch.partial(data, item)
         # bytes always go as a literal (RFC 3501 §4.3).
-        return b"%b {%d}\r\n%b" % (item.response_name().encode(), len(data), data)
+        return b"%b {%d}\r\n%b" % (label, len(data), data)
     if isinstance(value, bytes):
-        return b"%b {%d}\r\n%b" % (name.encode(), len(value), value)
-    return name.encode() + b" " + imap.encode_values([value])
+        return b"%b {%d}\r\n%b" % (label, len(value), value)
+    return label + b" " + imap.encode_values([value])
 
 
 _STORE_ITEM: Final = re.compile(r"([+-]?)FLAGS(\.SILENT)?\Z", re.IGNORECASE)
@@ -1149,8 +1165,8 @@ async def cmd_search(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
     # (their EXPUNGE is still pending: RFC 3501 §7.4.1).
     gone = {u for ch in sel.pending if ch.kind is ChangeKind.EXPUNGE for u in ch.uids}
     within = [u for u in sel.uids if u not in gone] if gone else list(sel.uids)
-    if any(u not in sel.flags for u in within) or (
-        _search.META in need and any(u not in cache.meta for u in within)
+    if not all(map(sel.flags.__contains__, within)) or (
+        _search.META in need and not all(map(cache.meta.__contains__, within))
     ):
         present = await _refresh(c, sel)
         within = [u for u in within if u in present]
