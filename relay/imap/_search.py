@@ -234,12 +234,14 @@ def evaluate(key: imap.SearchKey, view: View, within: list[int]) -> list[int]:
         return [u for u in within if view.meta[u][1] < key.number]
     if op == "UID":
         assert key.set is not None  # noqa: S101 - the parser sets it
-        return [u for u in within if key.set.contains(u, view.largest_uid)]
+        return _in_ranges(within, _ranges(key.set, view.largest_uid), int)
     if op == "SEQ":
         assert key.set is not None  # noqa: S101
-        return [
-            u for u in within if key.set.contains(view.seq_of(u) or 0, view.largest_seq)
-        ]
+        return _in_ranges(
+            within,
+            _ranges(key.set, view.largest_seq),
+            lambda u: view.seq_of(u) or 0,
+        )
     if op in ("BEFORE", "ON", "SINCE"):
         # RFC 3501 §6.4.4: the internal date, disregarding time and zone.
         return [u for u in within if _compare(op, view.meta[u][0].date(), key.day)]
@@ -270,6 +272,27 @@ def evaluate(key: imap.SearchKey, view: View, within: list[int]) -> list[int]:
             u for u in within if text in view.docs[u].text or text in view.bodies[u]
         ]
     raise ValueError(f"unknown search op {op!r}")  # a bug in the parser
+
+
+def _ranges(numbers: imap.SequenceSet, largest: int) -> list[tuple[int, int]]:
+    """RFC 3501 §9 seq-range: ``*`` is ``largest``, ``a:b`` is ``b:a``."""
+    out = []
+    for lo, hi in numbers.ranges:
+        a = largest if lo is None else lo
+        b = largest if hi is None else hi
+        out.append((min(a, b), max(a, b)))
+    return out
+
+
+def _in_ranges(
+    within: list[int], ranges: list[tuple[int, int]], number: Callable[[int], int]
+) -> list[int]:
+    if len(ranges) == 1:
+        lo, hi = ranges[0]
+        if number is int:
+            return [u for u in within if lo <= u <= hi]
+        return [u for u in within if lo <= number(u) <= hi]
+    return [u for u in within if any(lo <= number(u) <= hi for lo, hi in ranges)]
 
 
 def _compare(op: str, day: date, bound: date | None) -> bool:
