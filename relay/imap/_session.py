@@ -189,7 +189,7 @@ class Selected:
     def read_cache(self) -> ReadCache:
         """This folder's :class:`ReadCache`, made at the first read."""
         if self.cache is None:
-            self.cache = ReadCache()
+            self.cache = ReadCache(budget=DEFAULT_CACHE_BUDGET)
         return self.cache
 
     @property
