@@ -43,7 +43,9 @@ def _mime(text_part: bytes, encoding: str, charset: str, subject: str) -> bytes:
 def _search(client: imaplib.IMAP4_SSL, *criteria: str | bytes) -> bytes:
     typ, data = client.uid("SEARCH", *criteria)  # type: ignore[arg-type]
     assert typ == "OK"
-    return data[0]
+    found = data[0]
+    assert isinstance(found, bytes)
+    return found
 
 
 async def test_search_decodes_text_parts_and_encoded_words_and_skips_attachments(
