@@ -29,6 +29,7 @@ What must stay true:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import bisect
@@ -877,19 +878,27 @@ async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
                 fresh[changed.uid] = changed
     seen_set = set(unseen)
     labelled = [(i, i.response_name().encode()) for i in items]
+    batches: list[list[tuple[int, int]]] = []
     pos = 0
     while pos < len(targets):
-        batch = _fetch_batch(targets, pos, cache, with_body=needs_message)
-        pos += len(batch)
-        structures: dict[int, ParsedStructure] = cache.structures
-        messages: dict[int, bytes] = {}
+        # A small first batch: the first bytes go out sooner and the
+        # pipeline fills.
+        limit = _FETCH_FIRST_BATCH if not batches else _FETCH_BATCH_MESSAGES
+        batches.append(
+            _fetch_batch(targets, pos, cache, with_body=needs_message, limit=limit)
+        )
+        pos += len(batches[-1])
+
+    def start(batch: list[tuple[int, int]]) -> asyncio.Future[_Loaded] | None:
         missing = (
             [u for _, u in batch if u not in cache.structures]
             if needs_structure
             else []
         )
-        if missing or needs_message:
-            loaded, messages = await c.store(
+        if not missing and not needs_message:
+            return None
+        return asyncio.ensure_future(
+            c.store(
                 _load_batch,
                 c.ctx.store,
                 sel.address,
@@ -897,39 +906,55 @@ async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
                 missing,
                 [u for _, u in batch] if needs_message else [],
             )
+        )
+
+    # The next batch loads (in a worker thread) while this one is written
+    # and the client reads it.
+    pending = start(batches[0]) if batches else None
+    try:
+        for k, batch in enumerate(batches):
+            loading, pending = pending, None
+            loaded, messages = ({}, {}) if loading is None else await loading
+            if k + 1 < len(batches):
+                pending = start(batches[k + 1])
+            structures: dict[int, ParsedStructure] = cache.structures
             if cache.admit(cache.structures, loaded, structure_cost):
                 structures = {**cache.structures, **loaded}
-        out: list[bytes] = []
-        for seq, uid in batch:
-            if needs_message and uid not in messages:
-                continue  # expunged by another session meanwhile
-            structure = structures.get(uid)
-            if needs_structure and structure is None:
-                continue
-            if opens:
-                _audit_read(c, sel, uid, structure)
-            info = fresh.get(uid) if fresh is not None else None
-            message = messages.get(uid)
-            parts = [
-                _fetch_item(sel, cache, item, label, uid, info, structure, message)
-                for item, label in labelled
-            ]
-            if uid in seen_set and not any(i.name == "FLAGS" for i in items):
-                assert info is not None  # noqa: S101
-                parts.append(b"FLAGS " + _flag_bytes(sel, info.flags, uid))
-            if info is not None:
-                sel.flags[uid] = info.flags
-            # The untagged FETCH line, assembled from encoded items (the core
-            # keeps no state for untagged data): RFC 3501 §7.4.2.
-            out.append(b"* %d FETCH (%b)\r\n" % (seq, b" ".join(parts)))
-        c.write(b"".join(out))
-        await c.drain_if_needed()
+            out: list[bytes] = []
+            for seq, uid in batch:
+                if needs_message and uid not in messages:
+                    continue  # expunged by another session meanwhile
+                structure = structures.get(uid)
+                if needs_structure and structure is None:
+                    continue
+                if opens:
+                    _audit_read(c, sel, uid, structure)
+                info = fresh.get(uid) if fresh is not None else None
+                message = messages.get(uid)
+                parts = [
+                    _fetch_item(sel, cache, item, label, uid, info, structure, message)
+                    for item, label in labelled
+                ]
+                if uid in seen_set and not any(i.name == "FLAGS" for i in items):
+                    assert info is not None  # noqa: S101
+                    parts.append(b"FLAGS " + _flag_bytes(sel, info.flags, uid))
+                if info is not None:
+                    sel.flags[uid] = info.flags
+                # The untagged FETCH line, assembled from encoded items (the
+                # core keeps no state for untagged data): RFC 3501 §7.4.2.
+                out.append(b"* %d FETCH (%b)\r\n" % (seq, b" ".join(parts)))
+            c.write(b"".join(out))
+            await c.drain_if_needed()
+    finally:
+        if pending is not None:
+            pending.cancel()
     return Done(f"{'UID ' if cmd.uid else ''}FETCH completed")
 
 
 # A FETCH loads the structures and bodies it needs in batches: up to this many
 # messages, or this many octets of message bodies, per worker-thread call.
 _FETCH_BATCH_MESSAGES: Final = 256
+_FETCH_FIRST_BATCH: Final = 32
 _FETCH_BATCH_OCTETS: Final = 8 * 1024 * 1024
 
 
@@ -939,13 +964,14 @@ def _fetch_batch(
     cache: ReadCache,
     *,
     with_body: bool,
+    limit: int,
 ) -> list[tuple[int, int]]:
     """The targets from ``pos`` on that the next load takes."""
     if not with_body:
-        return targets[pos : pos + 4 * _FETCH_BATCH_MESSAGES]
+        return targets[pos : pos + 4 * limit]
     octets = 0
     end = pos
-    while end < len(targets) and end - pos < _FETCH_BATCH_MESSAGES:
+    while end < len(targets) and end - pos < limit:
         meta = cache.meta.get(targets[end][1])
         size = meta[1] if meta is not None else 0
         if end > pos and octets + size > _FETCH_BATCH_OCTETS:
@@ -955,13 +981,16 @@ def _fetch_batch(
     return targets[pos:end]
 
 
+_Loaded = tuple[dict[int, ParsedStructure], dict[int, bytes]]
+
+
 def _load_batch(
     store: MailStore,
     address: str,
     folder: str,
     structure_uids: list[int],
     body_uids: list[int],
-) -> tuple[dict[int, ParsedStructure], dict[int, bytes]]:
+) -> _Loaded:
     """Structures and bodies (blocking: runs in a worker thread).
 
     A message expunged meanwhile by another session is left out.
@@ -1224,7 +1253,8 @@ async def cmd_search(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
     if cmd.uid:
         numbers = found
     else:
-        numbers = [n for u in found if (n := sel.seq_of(u)) is not None]
+        matched = set(found)
+        numbers = [i for i, u in enumerate(sel.uids, 1) if u in matched]
     c.write(b"* SEARCH%b\r\n" % b"".join(b" %d" % n for n in numbers))
     return Done(f"{'UID ' if cmd.uid else ''}SEARCH completed")
 
