@@ -131,6 +131,7 @@ class ReadCache:
     used: int = 0
     meta: dict[int, tuple[datetime, int]] = field(default_factory=dict)
     structures: dict[int, ParsedStructure] = field(default_factory=dict)
+    headers: dict[int, bytes] = field(default_factory=dict)  # header-only reads
     docs: dict[int, SearchDoc] = field(default_factory=dict)
     bodies: dict[int, str] = field(default_factory=dict)
 
@@ -152,12 +153,14 @@ class ReadCache:
         for uid in uids:
             self.meta.pop(uid, None)
             self.structures.pop(uid, None)
+            self.headers.pop(uid, None)
             self.docs.pop(uid, None)
             self.bodies.pop(uid, None)
 
     def clear(self) -> None:
         self.meta.clear()
         self.structures.clear()
+        self.headers.clear()
         self.docs.clear()
         self.bodies.clear()
         self.used = 0
@@ -165,6 +168,10 @@ class ReadCache:
 
 def structure_cost(structure: ParsedStructure) -> int:
     return len(structure.header) + _STRUCTURE_OVERHEAD
+
+
+def header_cost(header: bytes) -> int:
+    return len(header) + 64
 
 
 @dataclass(slots=True)

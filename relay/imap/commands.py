@@ -58,6 +58,7 @@ from relay.imap._session import (
     Selected,
     Target,
     Via,
+    header_cost,
     structure_cost,
 )
 from relay.oauth import (
@@ -840,9 +841,11 @@ async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
         items.insert(0, imap.FetchItem("UID"))  # RFC 3501 §6.4.8
     opens = any(i.sets_seen for i in items)
     marks_seen = opens and not sel.read_only
-    needs_structure = any(
-        i.name in ("ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822.HEADER") or i.section
-        for i in items
+    needs_structure = any(_reads_structure(i) for i in items)
+    # Only the top-level header (BODY[HEADER...], RFC822.HEADER): it is read
+    # without building the structure's tree.
+    header_only = needs_structure and all(
+        _top_header(i) or not _reads_structure(i) for i in items
     )
     needs_message = any(
         i.name in ("RFC822", "RFC822.TEXT")
@@ -891,7 +894,12 @@ async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
 
     def start(batch: list[tuple[int, int]]) -> asyncio.Future[_Loaded] | None:
         missing = (
-            [u for _, u in batch if u not in cache.structures]
+            [
+                u
+                for _, u in batch
+                if u not in cache.structures
+                and not (header_only and u in cache.headers)
+            ]
             if needs_structure
             else []
         )
@@ -905,6 +913,7 @@ async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
                 sel.folder,
                 missing,
                 [u for _, u in batch] if needs_message else [],
+                header_only=header_only,
             )
         )
 
@@ -914,25 +923,34 @@ async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
     try:
         for k, batch in enumerate(batches):
             loading, pending = pending, None
-            loaded, messages = ({}, {}) if loading is None else await loading
+            loaded, headers, messages = (
+                ({}, {}, {}) if loading is None else await loading
+            )
             if k + 1 < len(batches):
                 pending = start(batches[k + 1])
             structures: dict[int, ParsedStructure] = cache.structures
             if cache.admit(cache.structures, loaded, structure_cost):
                 structures = {**cache.structures, **loaded}
+            if extra := cache.admit(cache.headers, headers, header_cost):
+                headers = {**cache.headers, **extra}
+            else:
+                headers = cache.headers
             out: list[bytes] = []
             for seq, uid in batch:
                 if needs_message and uid not in messages:
                     continue  # expunged by another session meanwhile
                 structure = structures.get(uid)
-                if needs_structure and structure is None:
+                header = structure.header if structure is not None else headers.get(uid)
+                if needs_structure and header is None:
                     continue
                 if opens:
                     _audit_read(c, sel, uid, structure)
                 info = fresh.get(uid) if fresh is not None else None
                 message = messages.get(uid)
                 parts = [
-                    _fetch_item(sel, cache, item, label, uid, info, structure, message)
+                    _fetch_item(
+                        sel, cache, item, label, uid, info, structure, header, message
+                    )
                     for item, label in labelled
                 ]
                 if uid in seen_set and not any(i.name == "FLAGS" for i in items):
@@ -949,6 +967,16 @@ async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
         if pending is not None:
             pending.cancel()
     return Done(f"{'UID ' if cmd.uid else ''}FETCH completed")
+
+
+# The items that read the cached structure, besides any with a section.
+_STRUCTURE_ITEMS: Final = frozenset(
+    {"ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822.HEADER", "RFC822.TEXT"}
+)
+
+
+def _reads_structure(item: imap.FetchItem) -> bool:
+    return item.section is not None or item.name in _STRUCTURE_ITEMS
 
 
 # A FETCH loads the structures and bodies it needs in batches: up to this many
@@ -981,7 +1009,7 @@ def _fetch_batch(
     return targets[pos:end]
 
 
-_Loaded = tuple[dict[int, ParsedStructure], dict[int, bytes]]
+_Loaded = tuple[dict[int, ParsedStructure], dict[int, bytes], dict[int, bytes]]
 
 
 def _load_batch(
@@ -990,14 +1018,29 @@ def _load_batch(
     folder: str,
     structure_uids: list[int],
     body_uids: list[int],
+    *,
+    header_only: bool,
 ) -> _Loaded:
-    """Structures and bodies (blocking: runs in a worker thread).
+    """Structures (or only headers) and bodies (blocking: a worker thread).
 
     A message expunged meanwhile by another session is left out.
     """
-    structures = store.structures(address, folder, structure_uids)
+    structures: dict[int, ParsedStructure] = {}
+    headers: dict[int, bytes] = {}
+    if structure_uids and header_only:
+        headers = store.headers(address, folder, structure_uids)
+    elif structure_uids:
+        structures = store.structures(address, folder, structure_uids)
     bodies = store.fetch_many(address, folder, body_uids) if body_uids else {}
-    return structures, bodies
+    return structures, headers, bodies
+
+
+def _top_header(item: imap.FetchItem) -> bool:
+    """Whether ``item`` reads only the top-level header."""
+    if item.name == "RFC822.HEADER":
+        return True
+    s = item.section
+    return s is not None and not s.part and s.text.startswith("HEADER")
 
 
 async def _refresh(c: ImapConnection, sel: Selected) -> dict[int, MessageInfo]:
@@ -1055,6 +1098,7 @@ def _fetch_item(
     uid: int,
     info: MessageInfo | None,
     structure: ParsedStructure | None,
+    header: bytes | None,
     message: bytes | None,
 ) -> bytes:
     """One FETCH data item, encoded (RFC 3501 §7.4.2)."""
@@ -1070,6 +1114,16 @@ def _fetch_item(
         return b"INTERNALDATE " + imap.encode_values(
             [imap.format_datetime(cache.meta[uid][0])]
         )
+    if header is not None and _top_header(item):
+        section = item.section
+        if section is None or section.text == "HEADER":
+            data = header
+        else:
+            data = _fetch.header_fields(
+                header, section.fields, exclude=section.text.endswith(".NOT")
+            )
+        data = _fetch.partial(data, item)
+        return b"%b {%d}\r\n%b" % (label, len(data), data)
     assert structure is not None  # noqa: S101 - loaded for these items
     value: object
     if name == "ENVELOPE":
@@ -1281,10 +1335,15 @@ def _load_search(
     Returns the structures it had to load too. A message expunged meanwhile
     is left out.
     """
-    missing = [u for u in dict.fromkeys(want_docs + want_bodies) if u not in known]
+    missing = [u for u in want_bodies if u not in known]
     loaded = store.structures(address, folder, missing) if missing else {}
     structures = {**known, **loaded}
-    docs = {u: SearchDoc.of(structures[u].header) for u in want_docs if u in structures}
+    # Headers from the structures at hand, else from the sealed structure
+    # without building its tree.
+    headers = {u: structures[u].header for u in want_docs if u in structures}
+    if rest := [u for u in want_docs if u not in structures]:
+        headers.update(store.headers(address, folder, rest))
+    docs = {u: SearchDoc.of(h) for u, h in headers.items()}
     bodies: dict[int, str] = {}
     for i in range(0, len(want_bodies), _SEARCH_BATCH):
         chunk = [u for u in want_bodies[i : i + _SEARCH_BATCH] if u in structures]

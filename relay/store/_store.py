@@ -1296,6 +1296,38 @@ class MailStore:
             )
         return out
 
+    def headers(
+        self, address: str, folder: str | SpecialUse, uids: Iterable[int]
+    ) -> dict[int, bytes]:
+        """The top-level header of several messages, from their sealed
+        structures (no message file is read). UIDs that do not exist are
+        left out.
+
+        Raises:
+            CorruptMessageError: a sealed structure does not authenticate.
+        """
+        return {
+            uid: ParsedStructure.header_from_json(plain)
+            for uid, plain in self._open_structures(address, folder, uids)
+        }
+
+    def _open_structures(
+        self, address: str, folder: str | SpecialUse, uids: Iterable[int]
+    ) -> Iterator[tuple[int, bytes]]:
+        mailbox = self._mailbox(address)
+        for uid, blob_id, sealed in self._blobs_of(
+            mailbox, folder, _uid_list(uids), structure=True
+        ):
+            what = f"structure {mailbox.id}/{blob_id.hex()}"
+            if sealed is None:
+                raise CorruptMessageError(what, "no cached structure")
+            yield (
+                uid,
+                mailbox.key.unseal(
+                    sealed, _aad(b"structure", mailbox.id, blob_id), what
+                ),
+            )
+
     def structures(
         self, address: str, folder: str | SpecialUse, uids: Iterable[int]
     ) -> dict[int, ParsedStructure]:
@@ -1306,19 +1338,10 @@ class MailStore:
         Raises:
             CorruptMessageError: a sealed structure does not authenticate.
         """
-        mailbox = self._mailbox(address)
-        out: dict[int, ParsedStructure] = {}
-        for uid, blob_id, sealed in self._blobs_of(
-            mailbox, folder, _uid_list(uids), structure=True
-        ):
-            what = f"structure {mailbox.id}/{blob_id.hex()}"
-            if sealed is None:
-                raise CorruptMessageError(what, "no cached structure")
-            plain = mailbox.key.unseal(
-                sealed, _aad(b"structure", mailbox.id, blob_id), what
-            )
-            out[uid] = ParsedStructure.from_json(plain)
-        return out
+        return {
+            uid: ParsedStructure.from_json(plain)
+            for uid, plain in self._open_structures(address, folder, uids)
+        }
 
     # --- changing -------------------------------------------------------------
 

@@ -143,6 +143,8 @@ async def test_new_messages_are_searched_and_fetched_after_the_cache_was_built(
         out["unseen"] = _search(client, "UNSEEN")
         out["headers"] = client.fetch("1:2", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
         out["size"] = client.fetch("2", "(RFC822.SIZE INTERNALDATE)")
+        out["text"] = client.fetch("2", "(RFC822.TEXT)")
+        out["body"] = client.fetch("2", "(BODY)")
         client.logout()
         return out
 
@@ -155,6 +157,8 @@ async def test_new_messages_are_searched_and_fetched_after_the_cache_was_built(
     assert headers[2][1] == b"Subject: Nouveau\r\n\r\n"
     assert b"RFC822.SIZE " in out["size"][1][0]
     assert b'INTERNALDATE " 2-Mar-2026 09:30:00 +0000"' in out["size"][1][0]
+    assert out["text"][1][0][1] == b"Bonjour,\r\nLe compte rendu est joint.\r\n"
+    assert b'BODY ("text" "plain"' in out["body"][1][0]
 
 
 async def test_reads_are_right_when_the_cache_budget_is_spent(

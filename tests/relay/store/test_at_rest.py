@@ -234,6 +234,7 @@ def test_batch_reads_return_what_exists_and_detect_tampering(
     structures = store.structures(ALICE, "INBOX", [2, 9])
     assert list(structures) == [2]
     assert structures[2] == store.structure(ALICE, "INBOX", 2)
+    assert store.headers(ALICE, "INBOX", [2, 9]) == {2: structures[2].header}
     store.store_flags(ALICE, "INBOX", [1], ["\\Deleted"], FlagMode.ADD)
     store.expunge(ALICE, "INBOX")
     assert sorted(store.fetch_many(ALICE, "INBOX", [1, 2, 3])) == [2, 3]
