@@ -240,6 +240,9 @@ def test_batch_reads_return_what_exists_and_detect_tampering(
     assert sorted(store.fetch_many(ALICE, "INBOX", [1, 2, 3])) == [2, 3]
     path = message_files(store_root)[0]  # UID 2's or 3's: 1's file is gone
     data = bytearray(path.read_bytes())
+    path.write_bytes(bytes(data) + b"x")
+    with pytest.raises(CorruptMessageError, match="size"):
+        store.fetch_many(ALICE, "INBOX", [2, 3])
     data[-1] ^= 0x01
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptMessageError, match="integrity"):
