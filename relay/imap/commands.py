@@ -947,20 +947,26 @@ async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
                     _audit_read(c, sel, uid, structure)
                 info = fresh.get(uid) if fresh is not None else None
                 message = messages.get(uid)
-                parts = [
-                    _fetch_item(
-                        sel, cache, item, label, uid, info, structure, header, message
-                    )
-                    for item, label in labelled
-                ]
-                if uid in seen_set and not any(i.name == "FLAGS" for i in items):
-                    assert info is not None  # noqa: S101
-                    parts.append(b"FLAGS " + _flag_bytes(sel, info.flags, uid))
-                if info is not None:
-                    sel.flags[uid] = info.flags
                 # The untagged FETCH line, assembled from encoded items (the
                 # core keeps no state for untagged data): RFC 3501 §7.4.2.
-                out.append(b"* %d FETCH (%b)\r\n" % (seq, b" ".join(parts)))
+                # Message data goes in as it is, copied once, by the join.
+                out.append(b"* %d FETCH (" % seq)
+                for n, (item, label) in enumerate(labelled):
+                    if n:
+                        out.append(b" ")
+                    encoded = _fetch_item(
+                        sel, cache, item, label, uid, info, structure, header, message
+                    )
+                    if isinstance(encoded, tuple):
+                        out += encoded
+                    else:
+                        out.append(encoded)
+                if uid in seen_set and not any(i.name == "FLAGS" for i in items):
+                    assert info is not None  # noqa: S101
+                    out.append(b" FLAGS " + _flag_bytes(sel, info.flags, uid))
+                out.append(b")\r\n")
+                if info is not None:
+                    sel.flags[uid] = info.flags
             c.write(b"".join(out))
             await c.drain_if_needed()
     finally:
@@ -1100,8 +1106,9 @@ def _fetch_item(
     structure: ParsedStructure | None,
     header: bytes | None,
     message: bytes | None,
-) -> bytes:
-    """One FETCH data item, encoded (RFC 3501 §7.4.2)."""
+) -> bytes | tuple[bytes, bytes]:
+    """One FETCH data item, encoded (RFC 3501 §7.4.2); a literal as its
+    announcement and its data, to be joined without another copy."""
     name = item.name
     if name == "UID":
         return b"UID %d" % uid
@@ -1123,7 +1130,7 @@ def _fetch_item(
                 header, section.fields, exclude=section.text.endswith(".NOT")
             )
         data = _fetch.partial(data, item)
-        return b"%b {%d}\r\n%b" % (label, len(data), data)
+        return b"%b {%d}\r\n" % (label, len(data)), data
     assert structure is not None  # noqa: S101 - loaded for these items
     value: object
     if name == "ENVELOPE":
@@ -1148,9 +1155,9 @@ def _fetch_item(
             data = b""  # RFC 3501 §6.4.5: a part that does not exist is empty
         data = _fetch.partial(data, item)
         # bytes always go as a literal (RFC 3501 §4.3).
-        return b"%b {%d}\r\n%b" % (label, len(data), data)
+        return b"%b {%d}\r\n" % (label, len(data)), data
     if isinstance(value, bytes):
-        return b"%b {%d}\r\n%b" % (label, len(value), value)
+        return b"%b {%d}\r\n" % (label, len(value)), value
     return label + b" " + imap.encode_values([value])
 
 
