@@ -180,7 +180,8 @@ class Selected:
 
     ``uids[i]`` is the UID of message ``i + 1``. ``flags`` holds the flags we
     last reported, so a change notification already told (our own STORE)
-    is not told twice.
+    is not told twice; it has entries for UIDs of ``uids`` only (a new
+    message has none until its flags are read).
     """
 
     target: Target

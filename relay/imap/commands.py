@@ -1255,7 +1255,9 @@ async def cmd_search(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
     # (their EXPUNGE is still pending: RFC 3501 §7.4.1).
     gone = {u for ch in sel.pending if ch.kind is ChangeKind.EXPUNGE for u in ch.uids}
     within = [u for u in sel.uids if u not in gone] if gone else list(sel.uids)
-    if not all(map(sel.flags.__contains__, within)) or (
+    # Selected.flags holds UIDs of Selected.uids only: fewer entries means
+    # messages whose flags the session never learnt (new ones).
+    if len(sel.flags) < len(sel.uids) or (
         _search.META in need and not all(map(cache.meta.__contains__, within))
     ):
         present = await _refresh(c, sel)
@@ -1385,8 +1387,10 @@ async def flush_changes(c: ImapConnection, *, expunge: bool) -> None:
             last = sel.uids[-1] if sel.uids else 0
             new = sorted(u for u in change.uids if u > last)
             sel.uids.extend(new)
+            added = set(new)
             for info in change.messages:
-                sel.flags[info.uid] = info.flags
+                if info.uid in added:
+                    sel.flags[info.uid] = info.flags
             if new:
                 c.untagged(len(sel.uids), imap.Atom("EXISTS"))
         elif change.kind is ChangeKind.FLAGS:
