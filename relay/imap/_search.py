@@ -217,7 +217,14 @@ def evaluate(key: imap.SearchKey, view: View, within: list[int]) -> list[int]:
         either = first.union(rest)
         return [u for u in within if u in either]
     if op == "NOT":
-        excluded = set(evaluate(key.keys[0], view, within))
+        inner = key.keys[0]
+        if inner.op == "FLAG" and (
+            canonical := _SYSTEM_FLAGS.get(inner.text.casefold())
+        ):
+            # UNSEEN, UNDELETED...: one pass, no set of the complement.
+            flags = view.flags
+            return [u for u in within if canonical not in flags[u]]
+        excluded = set(evaluate(inner, view, within))
         return [u for u in within if u not in excluded]
     if op == "FLAG":
         flags = view.flags
