@@ -193,6 +193,20 @@ class Selected:
     pending: list[Change] = field(default_factory=list)
     subscription: int | None = None
     cache: ReadCache | None = None
+    _positions: dict[int, int] | None = None
+
+    def uids_changed(self) -> None:
+        """Call after changing :attr:`uids` (EXISTS, EXPUNGE told)."""
+        self._positions = None
+
+    def seqs_of(self, uids: list[int]) -> list[int]:
+        """The sequence numbers of ``uids`` (all present), by a UID index
+        built once per change of :attr:`uids`."""
+        positions = self._positions
+        if positions is None or len(positions) != len(self.uids):
+            positions = {u: i for i, u in enumerate(self.uids, 1)}
+            self._positions = positions
+        return [positions[u] for u in uids]
 
     def read_cache(self) -> ReadCache:
         """This folder's :class:`ReadCache`, made at the first read."""

@@ -771,6 +771,7 @@ def _send_expunges(c: ImapConnection, sel: Selected, uids: list[int]) -> None:
         if seq is None:
             continue
         del sel.uids[seq - 1]
+        sel.uids_changed()
         sel.flags.pop(uid, None)
         sel.recent.discard(uid)
         c.untagged(seq, imap.Atom("EXPUNGE"))
@@ -1313,12 +1314,8 @@ async def cmd_search(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
         bodies=bodies,
     )
     found = _search.evaluate(key, view, within)
-    if cmd.uid:
-        numbers = found
-    else:
-        matched = set(found)
-        numbers = [i for i, u in enumerate(sel.uids, 1) if u in matched]
-    c.write(b"* SEARCH%b\r\n" % b"".join(b" %d" % n for n in numbers))
+    numbers = found if cmd.uid else sel.seqs_of(found)
+    c.write(b"* SEARCH%b\r\n" % "".join([f" {n}" for n in numbers]).encode())
     return Done(f"{'UID ' if cmd.uid else ''}SEARCH completed")
 
 
@@ -1387,6 +1384,7 @@ async def flush_changes(c: ImapConnection, *, expunge: bool) -> None:
             last = sel.uids[-1] if sel.uids else 0
             new = sorted(u for u in change.uids if u > last)
             sel.uids.extend(new)
+            sel.uids_changed()
             added = set(new)
             for info in change.messages:
                 if info.uid in added:
