@@ -1291,6 +1291,7 @@ async def cmd_search(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
             sel.address,
             sel.folder,
             {u: p for u in want_docs + want_bodies if (p := cache.structures.get(u))},
+            {u: h for u in want_docs if (h := cache.headers.get(u))},
             want_docs,
             want_bodies,
         )
@@ -1333,6 +1334,7 @@ def _load_search(
     address: str,
     folder: str,
     known: dict[int, ParsedStructure],
+    known_headers: dict[int, bytes],
     want_docs: list[int],
     want_bodies: list[int],
 ) -> tuple[dict[int, ParsedStructure], dict[int, SearchDoc], dict[int, str]]:
@@ -1347,7 +1349,8 @@ def _load_search(
     # Headers from the structures at hand, else from the sealed structure
     # without building its tree.
     headers = {u: structures[u].header for u in want_docs if u in structures}
-    if rest := [u for u in want_docs if u not in structures]:
+    headers.update(known_headers)
+    if rest := [u for u in want_docs if u not in headers]:
         headers.update(store.headers(address, folder, rest))
     docs = {u: SearchDoc.of(h) for u, h in headers.items()}
     bodies: dict[int, str] = {}
