@@ -1,32 +1,52 @@
-"""SEARCH evaluation (RFC 3501 §6.4.4) over one message at a time.
+"""SEARCH evaluation (RFC 3501 §6.4.4) over a selected folder's messages.
 
-What must stay true: a message's body is decrypted (in memory) only when a
-key needs it (BODY, TEXT), and its cached structure only when a header key
-does; flag, date, size, UID and sequence keys read the index alone.
-Strings match case-insensitively as substrings of the decoded text
-(RFC 3501 §6.4.4), encoded-words (RFC 2047) decoded in headers.
+Owns: the searchable form of a message (:class:`SearchDoc`, its headers
+decoded; :func:`body_text`, its text parts decoded) and the evaluation of a
+parsed key over a list of UIDs (:func:`evaluate`), each key filtering what
+the keys before it kept.
+
+What must stay true:
+
+- Pure: no I/O. The caller (``commands.cmd_search``) loads what
+  :func:`needs` names, in one worker-thread call per command, from the
+  session's cache (``relay/imap/_session.py``) or the store.
+- Flag, date, size, UID and sequence keys read the index data alone; header
+  keys the cached structure's header; BODY and TEXT the decrypted message,
+  which never leaves memory.
+- Strings match case-insensitively as substrings (RFC 3501 §6.4.4), of the
+  header values with RFC 2047 encoded-words decoded and of the text parts
+  (``text/*`` and ``message/*`` leaves) with their transfer encoding and
+  charset decoded. Attachments (other media types) are not searched, as
+  Dovecot does without a full-text index.
 """
 
 from __future__ import annotations
 
-import email.policy
-from dataclasses import dataclass, field
+import binascii
+import contextlib
+import re
+from dataclasses import dataclass
 from email.header import decode_header, make_header
-from email.parser import BytesHeaderParser, BytesParser
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from datetime import date
+    from collections.abc import Callable, Mapping
+    from datetime import date, datetime
 
     from mssante.proto import imap
-    from relay.store import MessageInfo, ParsedStructure
+    from relay.store import BodyPart, ParsedStructure
 
-# compat32 builds plain strings; policy.default builds a header object per
-# field (about 1.5 ms a message), which SEARCH over a folder cannot afford.
-# Encoded-words are decoded only where a value holds one.
-_POLICY = email.policy.compat32
+# RFC 5322 §2.2: a field ends at a line break not followed by WSP.
+_FIELD_SPLIT: Final = re.compile(r"\r?\n(?![ \t])")
+# RFC 5322 §2.2.3: unfolding removes the CRLF before WSP.
+_UNFOLD: Final = re.compile(r"\r?\n(?=[ \t])")
+# RFC 3501 §2.3.2: system flags are stored canonical; keywords keep the
+# first spelling and compare case-insensitively.
+_SYSTEM_FLAGS: Final = {
+    f.casefold(): f
+    for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")
+}
 
 
 def _decoded(value: str) -> str:
@@ -39,110 +59,247 @@ def _decoded(value: str) -> str:
         return value
 
 
-@dataclass(slots=True)
-class Candidate:
-    """One message as SEARCH sees it; structure and body load lazily."""
+@dataclass(frozen=True, slots=True)
+class SearchDoc:
+    """The header of one message as SEARCH reads it.
 
-    seq: int
-    info: MessageInfo
-    largest_seq: int
-    largest_uid: int
-    recent: bool
-    load_structure: Callable[[], ParsedStructure]
-    load_message: Callable[[], bytes]
-    _headers: dict[str, list[str]] | None = field(default=None)
-    _text: str | None = field(default=None)
-    _body_text: str | None = field(default=None)
-    _sent: date | None = field(default=None)
+    ``fields`` maps an upper-case field name to its values, decoded and
+    case-folded; ``text`` is every field as ``name: value`` lines, for TEXT.
+    """
 
-    def headers(self) -> dict[str, list[str]]:
-        if self._headers is None:
-            parsed = BytesHeaderParser(policy=_POLICY).parsebytes(
-                self.load_structure().header
+    fields: dict[str, tuple[str, ...]]
+    text: str
+    sent: date | None
+
+    @classmethod
+    def of(cls, header: bytes) -> SearchDoc:
+        fields: dict[str, list[str]] = {}
+        lines: list[str] = []
+        date_value: str | None = None
+        for raw in _FIELD_SPLIT.split(header.decode("utf-8", "replace")):
+            name, sep, value = raw.partition(":")
+            if not sep or not name or name != name.strip() or " " in name:
+                continue
+            decoded = _decoded(_UNFOLD.sub("", value).strip())
+            upper = name.upper()
+            if upper == "DATE" and date_value is None:
+                date_value = decoded
+            folded = decoded.casefold()
+            fields.setdefault(upper, []).append(folded)
+            lines.append(f"{name.casefold()}: {folded}")
+        return cls(
+            {k: tuple(v) for k, v in fields.items()},
+            "\n".join(lines),
+            _sent(date_value),
+        )
+
+    def cost(self) -> int:
+        """Bytes this document holds, roughly (the session's cache budget)."""
+        return 2 * len(self.text) + 64 * len(self.fields) + 200
+
+
+def _sent(value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return parsedate_to_datetime(value).date()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def body_text(structure: ParsedStructure, message: bytes) -> str:
+    """The text parts of ``message``, decoded and case-folded, for BODY/TEXT.
+
+    Uses the cached part offsets: attachments are skipped without decoding.
+    The header of an encapsulated message (``message/rfc822``) is body text
+    of the outer one and is included.
+    """
+    out: list[str] = []
+    _collect(structure.body, message, out, top=True)
+    return "\n".join(out).casefold()
+
+
+def _collect(part: BodyPart, message: bytes, out: list[str], *, top: bool) -> None:
+    if part.is_multipart:
+        for child in part.parts:
+            _collect(child, message, out, top=False)
+        return
+    if part.body is not None:  # message/rfc822: its header, then its body
+        inner = part.body
+        out.append(
+            _decoded(
+                _UNFOLD.sub(
+                    "",
+                    message[inner.header_start : inner.body_start].decode(
+                        "utf-8", "replace"
+                    ),
+                )
             )
-            out: dict[str, list[str]] = {}
-            for name, value in parsed.items():
-                out.setdefault(name.upper(), []).append(_decoded(str(value)))
-            self._headers = out
-        return self._headers
-
-    def sent(self) -> date | None:
-        if self._sent is None:
-            values = self.headers().get("DATE")
-            if values:
-                try:
-                    self._sent = parsedate_to_datetime(values[0]).date()
-                except (TypeError, ValueError):
-                    return None
-        return self._sent
-
-    def body_text(self) -> str:
-        if self._body_text is None:
-            message = BytesParser(policy=_POLICY).parsebytes(self.load_message())
-            texts = []
-            for part in message.walk():
-                if part.get_content_maintype() == "multipart":
-                    continue
-                payload = part.get_payload(decode=True)
-                if not isinstance(payload, bytes):
-                    continue
-                charset = part.get_content_charset() or "utf-8"
-                try:
-                    texts.append(payload.decode(charset, "replace"))
-                except LookupError:
-                    texts.append(payload.decode("utf-8", "replace"))
-            self._body_text = "\n".join(texts).casefold()
-        return self._body_text
+        )
+        _collect(inner, message, out, top=False)
+        return
+    if part.type not in ("text", "message"):
+        return
+    data = message[part.body_start : part.body_end]
+    # RFC 2045 §6: undo the transfer encoding; a broken one is searched raw.
+    if part.encoding == "base64":
+        with contextlib.suppress(binascii.Error):
+            data = binascii.a2b_base64(data)
+    elif part.encoding == "quoted-printable":
+        data = binascii.a2b_qp(data)
+    charset = dict(part.params).get("charset") or "utf-8"
+    try:
+        out.append(data.decode(charset, "replace"))
+    except LookupError:  # an unknown charset: read as UTF-8
+        out.append(data.decode("utf-8", "replace"))
 
 
-def _text(value: bytes) -> str:
+def needle(value: bytes) -> str:
+    """A search string as matched: UTF-8 (RFC 3501 §6.4.4 CHARSET), case-folded."""
     return value.decode("utf-8", "replace").casefold()
 
 
-def matches(key: imap.SearchKey, c: Candidate) -> bool:
+# What a key reads, besides the flags and UIDs the session always has.
+META: Final = "meta"  # internal date and size (the index)
+DOC: Final = "doc"  # the header (the cached structure)
+BODY: Final = "body"  # the text parts (the decrypted message)
+
+
+def needs(key: imap.SearchKey) -> frozenset[str]:
+    """Which of :data:`META`, :data:`DOC`, :data:`BODY` ``key`` reads."""
+    op = key.op
+    out: set[str] = set()
+    if op in ("BEFORE", "ON", "SINCE", "LARGER", "SMALLER"):
+        out.add(META)
+    elif op in ("HEADER", "SENTBEFORE", "SENTON", "SENTSINCE"):
+        out.add(DOC)
+    elif op == "BODY":
+        out.add(BODY)
+    elif op == "TEXT":
+        out |= {DOC, BODY}
+    for k in key.keys:
+        out |= needs(k)
+    return frozenset(out)
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """What :func:`evaluate` reads: one entry per UID it may be asked about.
+
+    ``meta``, ``docs`` and ``bodies`` hold what :func:`needs` named;
+    ``seq_of`` gives a UID's message sequence number.
+    """
+
+    flags: Mapping[int, frozenset[str]]
+    recent: set[int]
+    largest_uid: int
+    largest_seq: int
+    seq_of: Callable[[int], int | None]
+    meta: Mapping[int, tuple[datetime, int]]
+    docs: Mapping[int, SearchDoc]
+    bodies: Mapping[int, str]
+
+
+def evaluate(key: imap.SearchKey, view: View, within: list[int]) -> list[int]:
+    """The UIDs of ``within`` that match ``key``, in the same order."""
     op = key.op
     if op == "ALL":
-        return True
+        return within
     if op == "AND":
-        return all(matches(k, c) for k in key.keys)
+        for k in key.keys:
+            within = evaluate(k, view, within)
+            if not within:
+                break
+        return within
     if op == "OR":
-        return matches(key.keys[0], c) or matches(key.keys[1], c)
+        first = set(evaluate(key.keys[0], view, within))
+        rest = evaluate(key.keys[1], view, [u for u in within if u not in first])
+        either = first.union(rest)
+        return [u for u in within if u in either]
     if op == "NOT":
-        return not matches(key.keys[0], c)
+        inner = key.keys[0]
+        if inner.op == "FLAG" and (
+            canonical := _SYSTEM_FLAGS.get(inner.text.casefold())
+        ):
+            # UNSEEN, UNDELETED...: one pass, no set of the complement.
+            flags = view.flags
+            return [u for u in within if canonical not in flags[u]]
+        excluded = set(evaluate(inner, view, within))
+        return [u for u in within if u not in excluded]
     if op == "FLAG":
+        flags = view.flags
+        canonical = _SYSTEM_FLAGS.get(key.text.casefold())
+        if canonical is not None:
+            return [u for u in within if canonical in flags[u]]
         wanted = key.text.casefold()
-        return any(f.casefold() == wanted for f in c.info.flags)
+        return [u for u in within if any(f.casefold() == wanted for f in flags[u])]
     if op == "RECENT":
-        return c.recent
-    if op in ("LARGER", "SMALLER"):
-        return c.info.size > key.number if op == "LARGER" else c.info.size < key.number
+        return [u for u in within if u in view.recent]
+    if op == "LARGER":
+        return [u for u in within if view.meta[u][1] > key.number]
+    if op == "SMALLER":
+        return [u for u in within if view.meta[u][1] < key.number]
     if op == "UID":
         assert key.set is not None  # noqa: S101 - the parser sets it
-        return key.set.contains(c.info.uid, c.largest_uid)
+        return _in_ranges(within, _ranges(key.set, view.largest_uid), int)
     if op == "SEQ":
         assert key.set is not None  # noqa: S101
-        return key.set.contains(c.seq, c.largest_seq)
+        return _in_ranges(
+            within,
+            _ranges(key.set, view.largest_seq),
+            lambda u: view.seq_of(u) or 0,
+        )
     if op in ("BEFORE", "ON", "SINCE"):
         # RFC 3501 §6.4.4: the internal date, disregarding time and zone.
-        return _compare(op, c.info.internal_date.date(), key.day)
+        return [u for u in within if _compare(op, view.meta[u][0].date(), key.day)]
     if op in ("SENTBEFORE", "SENTON", "SENTSINCE"):
-        sent = c.sent()
-        return sent is not None and _compare(op.removeprefix("SENT"), sent, key.day)
+        bare = op.removeprefix("SENT")
+        out = []
+        for u in within:
+            sent = view.docs[u].sent
+            if sent is not None and _compare(bare, sent, key.day):
+                out.append(u)
+        return out
     if op == "HEADER":
-        needle = _text(key.value)
-        values = c.headers().get(key.field, [])
+        text = needle(key.value)
+        docs = view.docs
         # RFC 3501 §6.4.4: HEADER with an empty string matches any message
         # that has the field.
-        return any(needle in v.casefold() for v in values)
+        return [
+            u
+            for u in within
+            if any(text in v for v in docs[u].fields.get(key.field, ()))
+        ]
     if op == "BODY":
-        return _text(key.value) in c.body_text()
+        text = needle(key.value)
+        return [u for u in within if text in view.bodies[u]]
     if op == "TEXT":
-        needle = _text(key.value)
-        header_text = "\n".join(
-            f"{k}: {v}" for k, vs in c.headers().items() for v in vs
-        ).casefold()
-        return needle in header_text or needle in c.body_text()
+        text = needle(key.value)
+        return [
+            u for u in within if text in view.docs[u].text or text in view.bodies[u]
+        ]
     raise ValueError(f"unknown search op {op!r}")  # a bug in the parser
+
+
+def _ranges(numbers: imap.SequenceSet, largest: int) -> list[tuple[int, int]]:
+    """RFC 3501 §9 seq-range: ``*`` is ``largest``, ``a:b`` is ``b:a``."""
+    out = []
+    for lo, hi in numbers.ranges:
+        a = largest if lo is None else lo
+        b = largest if hi is None else hi
+        out.append((min(a, b), max(a, b)))
+    return out
+
+
+def _in_ranges(
+    within: list[int], ranges: list[tuple[int, int]], number: Callable[[int], int]
+) -> list[int]:
+    if len(ranges) == 1:
+        lo, hi = ranges[0]
+        if number is int:
+            return [u for u in within if lo <= u <= hi]
+        return [u for u in within if lo <= number(u) <= hi]
+    return [u for u in within if any(lo <= number(u) <= hi for lo, hi in ranges)]
 
 
 def _compare(op: str, day: date, bound: date | None) -> bool:

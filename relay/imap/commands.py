@@ -29,12 +29,15 @@ What must stay true:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import bisect
 import logging
 import re
 import sqlite3
 import traceback
+from collections import ChainMap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -43,17 +46,20 @@ from directory.model import Patient, ProxyScope, Status
 from mssante.proto import imap
 from relay.accounts import Attempt, Mechanism, Refusal
 from relay.audit import AuditEvent
-from relay.imap import _fetch
+from relay.imap import _fetch, _search
 from relay.imap._errors import CommandRefusedError, ServerFaultError
-from relay.imap._search import Candidate, matches
+from relay.imap._search import SearchDoc
 from relay.imap._session import (
     DELIMITER,
     SHARED_PREFIX,
     Access,
     Grant,
+    ReadCache,
     Selected,
     Target,
     Via,
+    header_cost,
+    structure_cost,
 )
 from relay.oauth import (
     SaslSyntaxError,
@@ -71,18 +77,17 @@ from relay.store import (
     InvalidFlagError,
     MailboxNotFoundError,
     MessageInfo,
-    MessageNotFoundError,
     ParsedStructure,
     StoreError,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Mapping
     from datetime import datetime
 
     from relay.accounts import Account, Outcome
     from relay.imap.server import ImapConnection
-    from relay.store import Change
+    from relay.store import Change, MailStore
 
 log = logging.getLogger("mssante.relay.imap")
 
@@ -766,9 +771,12 @@ def _send_expunges(c: ImapConnection, sel: Selected, uids: list[int]) -> None:
         if seq is None:
             continue
         del sel.uids[seq - 1]
+        sel.uids_changed()
         sel.flags.pop(uid, None)
         sel.recent.discard(uid)
         c.untagged(seq, imap.Atom("EXPUNGE"))
+    if sel.cache is not None:
+        sel.cache.forget(uids)
 
 
 async def cmd_expunge(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
@@ -793,24 +801,36 @@ def _messages_for(
     """(seq, uid) pairs named by a sequence set or a UID set."""
     sel = _sel(c)
     seqset = imap.parse_sequence_set(value)
+    uids = sel.uids
+    n = len(uids)
+    spans: list[tuple[int, int]] = []  # index ranges into uids, [i, j)
     if cmd.uid:
-        largest = sel.uids[-1] if sel.uids else 0
-        return [
-            (i + 1, u) for i, u in enumerate(sel.uids) if seqset.contains(u, largest)
-        ]
-    n = len(sel.uids)
-    if n == 0:
-        # RFC 3501 §6.4.5 / 9051: a sequence set on an empty folder is BAD.
-        raise imap.CommandSyntaxError(cmd.tag, "no messages")
-    for lo, hi in seqset.ranges:
-        for bound in (lo, hi):
-            if bound is not None and bound > n:
-                raise imap.CommandSyntaxError(
-                    cmd.tag, "invalid message sequence number"
-                )
-    return [
-        (seq, sel.uids[seq - 1]) for seq in range(1, n + 1) if seqset.contains(seq, n)
-    ]
+        largest = uids[-1] if uids else 0
+        for lo, hi in seqset.ranges:
+            # RFC 3501 §6.4.8: * is the largest UID; a:b is b:a.
+            a = largest if lo is None else lo
+            b = largest if hi is None else hi
+            a, b = min(a, b), max(a, b)
+            spans.append((bisect.bisect_left(uids, a), bisect.bisect_right(uids, b)))
+    else:
+        if n == 0:
+            # RFC 3501 §6.4.5 / 9051: a sequence set on an empty folder is BAD.
+            raise imap.CommandSyntaxError(cmd.tag, "no messages")
+        for lo, hi in seqset.ranges:
+            for bound in (lo, hi):
+                if bound is not None and bound > n:
+                    raise imap.CommandSyntaxError(
+                        cmd.tag, "invalid message sequence number"
+                    )
+            a = n if lo is None else lo
+            b = n if hi is None else hi
+            spans.append((min(a, b) - 1, max(a, b)))
+    spans = [(i, j) for i, j in spans if i < j]
+    if len(spans) == 1:
+        i, j = spans[0]
+        return list(zip(range(i + 1, j + 1), uids[i:j], strict=True))
+    indexes = sorted({k for i, j in spans for k in range(i, j)})
+    return [(k + 1, uids[k]) for k in indexes]
 
 
 async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
@@ -820,120 +840,230 @@ async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
     items = imap.parse_fetch_items(cmd.args[1] if len(cmd.args) == 2 else cmd.args[1:])
     if cmd.uid and not any(i.name == "UID" for i in items):
         items.insert(0, imap.FetchItem("UID"))  # RFC 3501 §6.4.8
-    infos = await _infos(c, sel, [u for _, u in targets])
-    marks_seen = not sel.read_only and any(i.sets_seen for i in items)
-    needs_structure = any(
-        i.name in ("ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822.HEADER") or i.section
-        for i in items
+    opens = any(i.sets_seen for i in items)
+    marks_seen = opens and not sel.read_only
+    needs_structure = any(_reads_structure(i) for i in items)
+    # Only the top-level header (BODY[HEADER...], RFC822.HEADER): it is read
+    # without building the structure's tree.
+    header_only = needs_structure and all(
+        _top_header(i) or not _reads_structure(i) for i in items
     )
     needs_message = any(
         i.name in ("RFC822", "RFC822.TEXT")
         or (i.section is not None and _fetch.needs_message(i.section))
         for i in items
     )
-    opens = any(i.sets_seen for i in items)
-    loaded: dict[int, tuple[ParsedStructure | None, bytes | None]] = {}
-    for seq, uid in targets:
-        info = infos.get(uid)
-        if info is None:
-            continue  # expunged by another session meanwhile
-        if uid not in loaded and (needs_structure or needs_message):
-            # One worker-thread call per batch of messages, not per message.
-            batch = _fetch_batch(targets, infos, uid, with_body=needs_message)
-            loaded = await c.store(
-                _load_batch, c, sel, batch, needs_structure, needs_message
-            )
-        structure, message = loaded.get(uid, (None, None))
-        flags_changed = False
-        if marks_seen and not info.seen:
-            (info,) = await c.store(
+    cache = sel.read_cache()
+    # FLAGS, and \Seen to set, are read fresh from the store (one call); the
+    # internal date and size never change and come from the session's cache.
+    fresh: dict[int, MessageInfo] | None = None
+    needs_meta = needs_message or any(
+        i.name in ("INTERNALDATE", "RFC822.SIZE") for i in items
+    )
+    if marks_seen or any(i.name == "FLAGS" for i in items):
+        fresh = await _refresh(c, sel)
+        targets = [(s, u) for s, u in targets if u in fresh]
+    elif needs_meta and any(u not in cache.meta for _, u in targets):
+        present = await _refresh(c, sel)
+        targets = [(s, u) for s, u in targets if u in present]
+    unseen: list[int] = []
+    if marks_seen:
+        assert fresh is not None  # noqa: S101
+        unseen = [u for _, u in targets if not fresh[u].seen]
+        if unseen:
+            for changed in await c.store(
                 c.ctx.store.store_flags,
                 sel.address,
                 sel.folder,
-                [uid],
+                unseen,
                 ["\\Seen"],
                 FlagMode.ADD,
-            ) or (info,)
-            flags_changed = True
-        if opens:
-            _audit_read(c, sel, uid, structure)
-        data: list[object] = []
-        for item in items:
-            data += _fetch_item(sel, item, info, structure, message)
-        if flags_changed and not any(i.name == "FLAGS" for i in items):
-            data += [imap.Atom("FLAGS"), _flags(sel, info)]
-        sel.flags[uid] = info.flags
-        c.untagged(seq, imap.Atom("FETCH"), tuple(data))
-        await c.drain_if_needed()
+            ):
+                fresh[changed.uid] = changed
+    seen_set = set(unseen)
+    labelled = [(i, i.response_name().encode()) for i in items]
+    batches: list[list[tuple[int, int]]] = []
+    pos = 0
+    while pos < len(targets):
+        # A small first batch: the first bytes go out sooner and the
+        # pipeline fills.
+        limit = _FETCH_FIRST_BATCH if not batches else _FETCH_BATCH_MESSAGES
+        batches.append(
+            _fetch_batch(targets, pos, cache, with_body=needs_message, limit=limit)
+        )
+        pos += len(batches[-1])
+
+    def start(batch: list[tuple[int, int]]) -> asyncio.Future[_Loaded] | None:
+        missing = (
+            [
+                u
+                for _, u in batch
+                if u not in cache.structures
+                and not (header_only and u in cache.headers)
+            ]
+            if needs_structure
+            else []
+        )
+        if not missing and not needs_message:
+            return None
+        return asyncio.ensure_future(
+            c.store(
+                _load_batch,
+                c.ctx.store,
+                sel.address,
+                sel.folder,
+                missing,
+                [u for _, u in batch] if needs_message else [],
+                header_only=header_only,
+            )
+        )
+
+    # The next batch loads (in a worker thread) while this one is written
+    # and the client reads it.
+    pending = start(batches[0]) if batches else None
+    try:
+        for k, batch in enumerate(batches):
+            loading, pending = pending, None
+            loaded, headers, messages = (
+                ({}, {}, {}) if loading is None else await loading
+            )
+            if k + 1 < len(batches):
+                pending = start(batches[k + 1])
+            structures: dict[int, ParsedStructure] = cache.structures
+            if cache.admit(cache.structures, loaded, structure_cost):
+                structures = {**cache.structures, **loaded}
+            if extra := cache.admit(cache.headers, headers, header_cost):
+                headers = {**cache.headers, **extra}
+            else:
+                headers = cache.headers
+            out: list[bytes] = []
+            for seq, uid in batch:
+                if needs_message and uid not in messages:
+                    continue  # expunged by another session meanwhile
+                structure = structures.get(uid)
+                header = structure.header if structure is not None else headers.get(uid)
+                if needs_structure and header is None:
+                    continue
+                if opens:
+                    _audit_read(c, sel, uid, structure)
+                info = fresh.get(uid) if fresh is not None else None
+                message = messages.get(uid)
+                # The untagged FETCH line, assembled from encoded items (the
+                # core keeps no state for untagged data): RFC 3501 §7.4.2.
+                # Message data goes in as it is, copied once, by the join.
+                out.append(b"* %d FETCH (" % seq)
+                for n, (item, label) in enumerate(labelled):
+                    if n:
+                        out.append(b" ")
+                    encoded = _fetch_item(
+                        sel, cache, item, label, uid, info, structure, header, message
+                    )
+                    if isinstance(encoded, tuple):
+                        out += encoded
+                    else:
+                        out.append(encoded)
+                if uid in seen_set and not any(i.name == "FLAGS" for i in items):
+                    assert info is not None  # noqa: S101
+                    out.append(b" FLAGS " + _flag_bytes(sel, info.flags, uid))
+                out.append(b")\r\n")
+                if info is not None:
+                    sel.flags[uid] = info.flags
+            c.write(b"".join(out))
+            await c.drain_if_needed()
+    finally:
+        if pending is not None:
+            pending.cancel()
     return Done(f"{'UID ' if cmd.uid else ''}FETCH completed")
+
+
+# The items that read the cached structure, besides any with a section.
+_STRUCTURE_ITEMS: Final = frozenset(
+    {"ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822.HEADER", "RFC822.TEXT"}
+)
+
+
+def _reads_structure(item: imap.FetchItem) -> bool:
+    return item.section is not None or item.name in _STRUCTURE_ITEMS
 
 
 # A FETCH loads the structures and bodies it needs in batches: up to this many
 # messages, or this many octets of message bodies, per worker-thread call.
 _FETCH_BATCH_MESSAGES: Final = 256
+_FETCH_FIRST_BATCH: Final = 32
 _FETCH_BATCH_OCTETS: Final = 8 * 1024 * 1024
 
 
 def _fetch_batch(
     targets: list[tuple[int, int]],
-    infos: dict[int, MessageInfo],
-    first: int,
+    pos: int,
+    cache: ReadCache,
     *,
     with_body: bool,
-) -> list[int]:
-    """The UIDs from ``first`` on that the next load takes."""
-    uids = [u for _, u in targets]
-    batch: list[int] = []
+    limit: int,
+) -> list[tuple[int, int]]:
+    """The targets from ``pos`` on that the next load takes."""
+    if not with_body:
+        return targets[pos : pos + 4 * limit]
     octets = 0
-    for uid in uids[uids.index(first) :]:
-        info = infos.get(uid)
-        if info is None:
-            continue
-        if batch and (
-            len(batch) >= _FETCH_BATCH_MESSAGES
-            or (with_body and octets + info.size > _FETCH_BATCH_OCTETS)
-        ):
+    end = pos
+    while end < len(targets) and end - pos < limit:
+        meta = cache.meta.get(targets[end][1])
+        size = meta[1] if meta is not None else 0
+        if end > pos and octets + size > _FETCH_BATCH_OCTETS:
             break
-        batch.append(uid)
-        octets += info.size
-    return batch
+        octets += size
+        end += 1
+    return targets[pos:end]
+
+
+_Loaded = tuple[dict[int, ParsedStructure], dict[int, bytes], dict[int, bytes]]
 
 
 def _load_batch(
-    c: ImapConnection,
-    sel: Selected,
-    uids: list[int],
-    with_structure: bool,
-    with_body: bool,
-) -> dict[int, tuple[ParsedStructure | None, bytes | None]]:
-    """Structures and bodies of ``uids`` (blocking: runs in a worker thread).
+    store: MailStore,
+    address: str,
+    folder: str,
+    structure_uids: list[int],
+    body_uids: list[int],
+    *,
+    header_only: bool,
+) -> _Loaded:
+    """Structures (or only headers) and bodies (blocking: a worker thread).
 
     A message expunged meanwhile by another session is left out.
     """
-    store = c.ctx.store
-    out: dict[int, tuple[ParsedStructure | None, bytes | None]] = {}
-    for uid in uids:
-        try:
-            structure = (
-                store.structure(sel.address, sel.folder, uid)
-                if with_structure
-                else None
-            )
-            body = store.fetch(sel.address, sel.folder, uid) if with_body else None
-        except MessageNotFoundError:
-            continue
-        out[uid] = (structure, body)
-    return out
+    structures: dict[int, ParsedStructure] = {}
+    headers: dict[int, bytes] = {}
+    if structure_uids and header_only:
+        headers = store.headers(address, folder, structure_uids)
+    elif structure_uids:
+        structures = store.structures(address, folder, structure_uids)
+    bodies = store.fetch_many(address, folder, body_uids) if body_uids else {}
+    return structures, headers, bodies
 
 
-async def _infos(
-    c: ImapConnection, sel: Selected, uids: list[int]
-) -> dict[int, MessageInfo]:
-    if not uids:
-        return {}
+def _top_header(item: imap.FetchItem) -> bool:
+    """Whether ``item`` reads only the top-level header."""
+    if item.name == "RFC822.HEADER":
+        return True
+    s = item.section
+    return s is not None and not s.part and s.text.startswith("HEADER")
+
+
+async def _refresh(c: ImapConnection, sel: Selected) -> dict[int, MessageInfo]:
+    """The store's metadata of the folder now; keeps dates and sizes cached.
+
+    Messages the client was told of but never got flags for (new messages)
+    take the store's flags as the ones told.
+    """
     messages = await c.store(c.ctx.store.messages, sel.address, sel.folder)
-    wanted = set(uids)
-    return {m.uid: m for m in messages if m.uid in wanted}
+    cache = sel.read_cache()
+    known = set(sel.uids)
+    for m in messages:
+        cache.meta[m.uid] = (m.internal_date, m.size)
+        if m.uid in known and m.uid not in sel.flags:
+            sel.flags[m.uid] = m.flags
+    return {m.uid: m for m in messages}
 
 
 def _audit_read(
@@ -961,49 +1091,75 @@ def _flags(sel: Selected, info: MessageInfo) -> tuple[imap.Atom, ...]:
     return _flag_atoms(flags)
 
 
+def _flag_bytes(sel: Selected, flags: frozenset[str], uid: int) -> bytes:
+    """RFC 3501 §7.4.2 FLAGS list (flags and keywords are atoms)."""
+    names = sorted(flags | {"\\Recent"} if uid in sel.recent else flags)
+    return b"(" + " ".join(names).encode("ascii") + b")"
+
+
 def _fetch_item(
     sel: Selected,
+    cache: ReadCache,
     item: imap.FetchItem,
-    info: MessageInfo,
+    label: bytes,
+    uid: int,
+    info: MessageInfo | None,
     structure: ParsedStructure | None,
+    header: bytes | None,
     message: bytes | None,
-) -> list[object]:
+) -> bytes | tuple[bytes, bytes]:
+    """One FETCH data item, encoded (RFC 3501 §7.4.2); a literal as its
+    announcement and its data, to be joined without another copy."""
     name = item.name
     if name == "UID":
-        return [imap.Atom("UID"), info.uid]
+        return b"UID %d" % uid
     if name == "FLAGS":
-        return [imap.Atom("FLAGS"), _flags(sel, info)]
-    if name == "INTERNALDATE":
-        return [imap.Atom("INTERNALDATE"), imap.format_datetime(info.internal_date)]
+        assert info is not None  # noqa: S101 - loaded for FLAGS
+        return b"FLAGS " + _flag_bytes(sel, info.flags, uid)
     if name == "RFC822.SIZE":
-        return [imap.Atom("RFC822.SIZE"), info.size]
+        return b"RFC822.SIZE %d" % cache.meta[uid][1]
+    if name == "INTERNALDATE":
+        return b"INTERNALDATE " + imap.encode_values(
+            [imap.format_datetime(cache.meta[uid][0])]
+        )
+    if header is not None and _top_header(item):
+        section = item.section
+        if section is None or section.text == "HEADER":
+            data = header
+        else:
+            data = _fetch.header_fields(
+                header, section.fields, exclude=section.text.endswith(".NOT")
+            )
+        data = _fetch.partial(data, item)
+        return b"%b {%d}\r\n" % (label, len(data)), data
     assert structure is not None  # noqa: S101 - loaded for these items
+    value: object
     if name == "ENVELOPE":
-        return [imap.Atom("ENVELOPE"), _fetch.envelope(structure.envelope)]
-    if name == "BODYSTRUCTURE":
-        return [
-            imap.Atom("BODYSTRUCTURE"),
-            _fetch.body_structure(structure.body, extensible=True),
-        ]
-    if name == "BODY" and item.section is None:
-        return [
-            imap.Atom("BODY"),
-            _fetch.body_structure(structure.body, extensible=False),
-        ]
-    if name == "RFC822.HEADER":
-        return [imap.Atom("RFC822.HEADER"), structure.header]
-    if name == "RFC822":
+        value = _fetch.envelope(structure.envelope)
+    elif name == "BODYSTRUCTURE":
+        value = _fetch.body_structure(structure.body, extensible=True)
+    elif name == "BODY" and item.section is None:
+        value = _fetch.body_structure(structure.body, extensible=False)
+    elif name == "RFC822.HEADER":
+        value = structure.header
+    elif name == "RFC822":
         assert message is not None  # noqa: S101
-        return [imap.Atom("RFC822"), message]
-    if name == "RFC822.TEXT":
+        value = message
+    elif name == "RFC822.TEXT":
         assert message is not None  # noqa: S101
-        return [imap.Atom("RFC822.TEXT"), message[structure.body.body_start :]]
-    assert item.section is not None  # noqa: S101
-    try:
-        data = _fetch.section_bytes(item.section, structure, message)
-    except _fetch.SectionError:
-        data = b""  # RFC 3501 §6.4.5: a part that does not exist is empty
-    return [imap.Raw(item.response_name().encode()), _fetch.partial(data, item)]
+        value = message[structure.body.body_start :]
+    else:
+        assert item.section is not None  # noqa: S101
+        try:
+            data = _fetch.section_bytes(item.section, structure, message)
+        except _fetch.SectionError:
+            data = b""  # RFC 3501 §6.4.5: a part that does not exist is empty
+        data = _fetch.partial(data, item)
+        # bytes always go as a literal (RFC 3501 §4.3).
+        return b"%b {%d}\r\n" % (label, len(data)), data
+    if isinstance(value, bytes):
+        return b"%b {%d}\r\n" % (label, len(value)), value
+    return label + b" " + imap.encode_values([value])
 
 
 _STORE_ITEM: Final = re.compile(r"([+-]?)FLAGS(\.SILENT)?\Z", re.IGNORECASE)
@@ -1094,53 +1250,115 @@ async def cmd_search(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
     charset, key = imap.parse_search(cmd.args)
     if charset not in (None, "UTF-8", "US-ASCII"):
         raise CommandRefusedError("BADCHARSET (UTF-8 US-ASCII)", "Unsupported charset")
-    messages = await c.store(c.ctx.store.messages, sel.address, sel.folder)
-    known = {u: i for i, u in enumerate(sel.uids)}
-    store = c.ctx.store
-    largest_uid = sel.uids[-1] if sel.uids else 0
-    candidates: list[Candidate] = []
-    for info in messages:
-        index = known.get(info.uid)
-        if index is None:
-            continue
-        uid = info.uid
-
-        def load_structure(uid: int = uid) -> ParsedStructure:
-            return store.structure(sel.address, sel.folder, uid)
-
-        def load_message(uid: int = uid) -> bytes:
-            return store.fetch(sel.address, sel.folder, uid)
-
-        candidates.append(
-            Candidate(
-                seq=index + 1,
-                info=info,
-                largest_seq=len(sel.uids),
-                largest_uid=largest_uid,
-                recent=uid in sel.recent,
-                load_structure=load_structure,
-                load_message=load_message,
-            )
+    cache = sel.read_cache()
+    need = _search.needs(key)
+    # The messages the client knows, less those another session expunged
+    # (their EXPUNGE is still pending: RFC 3501 §7.4.1).
+    gone = {u for ch in sel.pending if ch.kind is ChangeKind.EXPUNGE for u in ch.uids}
+    within = [u for u in sel.uids if u not in gone] if gone else list(sel.uids)
+    # Selected.flags holds UIDs of Selected.uids only: fewer entries means
+    # messages whose flags the session never learnt (new ones).
+    if len(sel.flags) < len(sel.uids) or (
+        _search.META in need and not all(map(cache.meta.__contains__, within))
+    ):
+        present = await _refresh(c, sel)
+        within = [u for u in within if u in present]
+    # Flags as they are now: what the client was told, and the changes
+    # another session made that are not told yet.
+    flags: dict[int, frozenset[str]] = sel.flags
+    updates = [
+        info
+        for ch in sel.pending
+        if ch.kind is ChangeKind.FLAGS
+        for info in ch.messages
+    ]
+    if updates:
+        flags = {**sel.flags, **{info.uid: info.flags for info in updates}}
+    docs: Mapping[int, SearchDoc] = cache.docs
+    bodies: Mapping[int, str] = cache.bodies
+    want_docs = (
+        [u for u in within if u not in cache.docs] if _search.DOC in need else []
+    )
+    want_bodies = (
+        [u for u in within if u not in cache.bodies] if _search.BODY in need else []
+    )
+    if want_docs or want_bodies:
+        # One worker-thread call decrypts what is missing; the cache keeps
+        # what its budget allows, the rest serves this command only.
+        structures, new_docs, new_bodies = await c.store(
+            _load_search,
+            c.ctx.store,
+            sel.address,
+            sel.folder,
+            {u: p for u in want_docs + want_bodies if (p := cache.structures.get(u))},
+            {u: h for u in want_docs if (h := cache.headers.get(u))},
+            want_docs,
+            want_bodies,
         )
-
-    def run() -> list[int]:
-        return [
-            cand.info.uid if cmd.uid else cand.seq
-            for cand in candidates
-            if matches(key, cand)
-        ]
-
-    # Keys that read message data decrypt and parse: one worker thread for
-    # the whole folder, not one hop per message.
-    found = await c.store(run) if _needs_io(key) else run()
-    c.untagged(imap.Atom("SEARCH"), *found)
+        cache.admit(cache.structures, structures, structure_cost)
+        if extra := cache.admit(cache.docs, new_docs, SearchDoc.cost):
+            docs = ChainMap(extra, cache.docs)
+        if extra_bodies := cache.admit(cache.bodies, new_bodies, _body_cost):
+            bodies = ChainMap(extra_bodies, cache.bodies)
+        lost = {u for u in want_docs if u not in new_docs}
+        lost |= {u for u in want_bodies if u not in new_bodies}
+        if lost:  # expunged meanwhile
+            within = [u for u in within if u not in lost]
+    view = _search.View(
+        flags=flags,
+        recent=sel.recent,
+        largest_uid=sel.uids[-1] if sel.uids else 0,
+        largest_seq=len(sel.uids),
+        seq_of=sel.seq_of,
+        meta=cache.meta,
+        docs=docs,
+        bodies=bodies,
+    )
+    found = _search.evaluate(key, view, within)
+    numbers = found if cmd.uid else sel.seqs_of(found)
+    c.write(b"* SEARCH%b\r\n" % "".join([f" {n}" for n in numbers]).encode())
     return Done(f"{'UID ' if cmd.uid else ''}SEARCH completed")
 
 
-def _needs_io(key: imap.SearchKey) -> bool:
-    if key.op in ("HEADER", "BODY", "TEXT", "SENTBEFORE", "SENTON", "SENTSINCE"):
-        return True
-    return any(_needs_io(k) for k in key.keys)
+# SEARCH BODY/TEXT decrypts messages in batches of this many per file read
+# round, so that only their text parts stay in memory.
+_SEARCH_BATCH: Final = 128
+
+
+def _body_cost(text: str) -> int:
+    return len(text) + 64
+
+
+def _load_search(
+    store: MailStore,
+    address: str,
+    folder: str,
+    known: dict[int, ParsedStructure],
+    known_headers: dict[int, bytes],
+    want_docs: list[int],
+    want_bodies: list[int],
+) -> tuple[dict[int, ParsedStructure], dict[int, SearchDoc], dict[int, str]]:
+    """Search documents and text parts (blocking: runs in a worker thread).
+
+    Returns the structures it had to load too. A message expunged meanwhile
+    is left out.
+    """
+    missing = [u for u in want_bodies if u not in known]
+    loaded = store.structures(address, folder, missing) if missing else {}
+    structures = {**known, **loaded}
+    # Headers from the structures at hand, else from the sealed structure
+    # without building its tree.
+    headers = {u: structures[u].header for u in want_docs if u in structures}
+    headers.update(known_headers)
+    if rest := [u for u in want_docs if u not in headers]:
+        headers.update(store.headers(address, folder, rest))
+    docs = {u: SearchDoc.of(h) for u, h in headers.items()}
+    bodies: dict[int, str] = {}
+    for i in range(0, len(want_bodies), _SEARCH_BATCH):
+        chunk = [u for u in want_bodies[i : i + _SEARCH_BATCH] if u in structures]
+        for uid, message in store.fetch_many(address, folder, chunk).items():
+            bodies[uid] = _search.body_text(structures[uid], message)
+    return loaded, docs, bodies
 
 
 # -- untagged updates ----------------------------------------------------------
@@ -1169,8 +1387,11 @@ async def flush_changes(c: ImapConnection, *, expunge: bool) -> None:
             last = sel.uids[-1] if sel.uids else 0
             new = sorted(u for u in change.uids if u > last)
             sel.uids.extend(new)
+            sel.uids_changed()
+            added = set(new)
             for info in change.messages:
-                sel.flags[info.uid] = info.flags
+                if info.uid in added:
+                    sel.flags[info.uid] = info.flags
             if new:
                 c.untagged(len(sel.uids), imap.Atom("EXISTS"))
         elif change.kind is ChangeKind.FLAGS:

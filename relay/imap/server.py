@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from mssante.proto import imap
 from relay.imap import commands
 from relay.imap._errors import CommandRefusedError
+from relay.store import ChangeKind
 from relay.tls import PeerCertificate, describe, peer_certificate
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ _READ_SIZE: Final = 64 * 1024
 # Flush the write buffer during long FETCH responses past this many bytes.
 _DRAIN_THRESHOLD: Final = 256 * 1024
 _T = TypeVar("_T")
+_FOLDER_GONE: Final = frozenset({ChangeKind.FOLDER_DELETED, ChangeKind.FOLDER_RENAMED})
 _counter = itertools.count(1)
 
 
@@ -93,6 +95,7 @@ class ImapConnection:
         self.changed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._unsent = 0
+        self._out: list[bytes] = []
 
     @property
     def tls_description(self) -> str:
@@ -106,8 +109,21 @@ class ImapConnection:
     # -- output ----------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        self.writer.write(data)
+        # Held until the command's reply is complete (or large): one TLS
+        # record and one send for a whole reply, not one per line.
+        self._out.append(data)
         self._unsent += len(data)
+
+    def flush(self) -> None:
+        """Hand what :meth:`write` holds to the transport."""
+        if self._out:
+            self.writer.write(b"".join(self._out))
+            self._out.clear()
+
+    async def drain(self) -> None:
+        self.flush()
+        await self.writer.drain()
+        self._unsent = 0
 
     def untagged(self, *items: object) -> None:
         self.write(self.conn.send(imap.Untagged(items)))
@@ -119,8 +135,7 @@ class ImapConnection:
 
     async def drain_if_needed(self) -> None:
         if self._unsent > _DRAIN_THRESHOLD:
-            await self.writer.drain()
-            self._unsent = 0
+            await self.drain()
 
     # -- store -----------------------------------------------------------------
 
@@ -143,6 +158,10 @@ class ImapConnection:
             and change.folder == sel.folder
         ):
             sel.pending.append(change)
+            if sel.cache is not None and change.kind in _FOLDER_GONE:
+                # The name may come back as another folder whose UIDs
+                # start again: nothing cached may answer for them.
+                sel.cache.clear()
             self.changed.set()
 
     # -- input -----------------------------------------------------------------
@@ -163,8 +182,7 @@ class ImapConnection:
             event = self.conn.next_event()
             if event is not imap.NEED_DATA:
                 return event
-            await self.writer.drain()
-            self._unsent = 0
+            await self.drain()
             await self._read()
 
     async def continuation(self, text: str) -> bytes:
@@ -184,8 +202,7 @@ class ImapConnection:
                 return event.line
             if event is not imap.NEED_DATA:
                 raise CommandRefusedError(None, "Connection closed")
-            await self.writer.drain()
-            self._unsent = 0
+            await self.drain()
             self.changed.clear()
             read = asyncio.ensure_future(self._read())
             woken = asyncio.ensure_future(self.changed.wait())
@@ -197,6 +214,7 @@ class ImapConnection:
                 woken.cancel()
             if woken in done:
                 await commands.flush_changes(self, expunge=True)
+                self.flush()
             if read not in done:
                 try:
                     await read
@@ -239,19 +257,22 @@ class ImapConnection:
                     await commands.run_command(self, event)
                     if self.start_tls_after_reply:
                         await self._start_tls()
-            await self.writer.drain()
+            await self.drain()
         except (TimeoutError, ConnectionError, ssl.SSLError) as exc:
             log.info(
                 "imap connection ended: %s", type(exc).__name__, extra={"cid": self.cid}
             )
         finally:
             await commands.unselect(self)
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                self.flush()  # a BYE said on the way out (autologout)
             self.writer.close()
             with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
                 await self.writer.wait_closed()
 
     def shutdown(self) -> None:
         """Say goodbye and close the transport; :meth:`run` then ends."""
+        self.flush()
         if self.conn.state is not imap.State.LOGOUT:
             with contextlib.suppress(imap.LocalProtocolError):
                 self.writer.write(
@@ -265,7 +286,7 @@ class ImapConnection:
 
     async def _start_tls(self) -> None:
         self.start_tls_after_reply = False
-        await self.writer.drain()
+        await self.drain()
         await self.writer.start_tls(self.ctx.tls_context)
         self.tls = True
 

@@ -165,6 +165,15 @@ class ParsedStructure:
             separators=(",", ":"),
         ).encode("ascii")
 
+    @staticmethod
+    def header_from_json(data: bytes) -> bytes:
+        """The top-level header of the JSON form, without building the tree
+        (header fetches and header searches need nothing else)."""
+        version, _size, _env, _body, header = json.loads(data)
+        if version != 1:
+            raise ValueError(f"unknown structure version {version}")
+        return _b(header)
+
     @classmethod
     def from_json(cls, data: bytes) -> ParsedStructure:
         version, size, env, body, header = json.loads(data)

@@ -216,3 +216,37 @@ def test_sanity_checks_refuse_an_index_row_without_its_file(
     message_files(store_root)[0].unlink()
     with pytest.raises(CorruptMessageError, match="missing"):
         MailStore.open(store_root, master_key, sanity_checks=True)
+
+
+def test_batch_reads_return_what_exists_and_detect_tampering(
+    store: MailStore, store_root: Path
+) -> None:
+    for k in range(3):
+        store.deliver(
+            ALICE,
+            make_message(subject=f"s{k}"),
+            delivery_key=f"k{k}",
+            internal_date=WHEN,
+        )
+    bodies = store.fetch_many(ALICE, "INBOX", [3, 1, 7])
+    assert sorted(bodies) == [1, 3]
+    assert bodies[3] == store.fetch(ALICE, "INBOX", 3)
+    structures = store.structures(ALICE, "INBOX", [2, 9])
+    assert list(structures) == [2]
+    assert structures[2] == store.structure(ALICE, "INBOX", 2)
+    assert store.headers(ALICE, "INBOX", [2, 9]) == {2: structures[2].header}
+    store.store_flags(ALICE, "INBOX", [1], ["\\Deleted"], FlagMode.ADD)
+    store.expunge(ALICE, "INBOX")
+    assert sorted(store.fetch_many(ALICE, "INBOX", [1, 2, 3])) == [2, 3]
+    path = message_files(store_root)[0]  # UID 2's or 3's: 1's file is gone
+    data = bytearray(path.read_bytes())
+    path.write_bytes(bytes(data) + b"x")
+    with pytest.raises(CorruptMessageError, match="size"):
+        store.fetch_many(ALICE, "INBOX", [2, 3])
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptMessageError, match="integrity"):
+        store.fetch_many(ALICE, "INBOX", [2, 3])
+    path.unlink()
+    with pytest.raises(CorruptMessageError, match="missing"):
+        store.fetch_many(ALICE, "INBOX", [2, 3])
