@@ -11,14 +11,13 @@ Wire format (stdout), what must stay true:
 
 - a sequence of frames, each a 4-byte big-endian length then a
   :mod:`marshal` payload of builtins only (never pickle);
-- a data frame is a list of items: an entry as ``(rows, kind, values,
-  content)`` -- ``values`` is :func:`directory.model.entry_values`, which the
-  parent turns back into the entry without validating it again (it was
-  validated here), ``content`` its :func:`directory.model.encode_content`,
-  so that the parent does not encode it again --, a rejected row as
-  ``(rows, line, reason)``; ``rows`` is the number
-  of data rows read when the item came out, so progress reports are the same
-  as in one process;
+- a data frame is a list of items, as :func:`directory.importers._run.
+  parse_rows` makes them: an entry as ``(rows, kind, row)`` -- ``row`` is
+  its :data:`directory.sqlite.ImportRow`, made from an entry validated
+  here, which the parent stores as it is or turns back into the entry
+  without validating it again --, a rejected row as ``(rows, "", (line,
+  reason))``; ``rows`` is the number of data rows read when the item came
+  out, so progress reports are the same as in one process;
 - the last frame is ``{"rows": n, "fallback_lines": n}``, or ``{"failed":
   reason}`` when the file could not be read to its end;
 - the pipe's buffer is the back-pressure: the parser blocks when the parent
@@ -28,6 +27,7 @@ Wire format (stdout), what must stay true:
 from __future__ import annotations
 
 import gc
+import itertools
 import marshal
 import sys
 from pathlib import Path
@@ -39,12 +39,10 @@ from directory.importers._run import (
     CHUNK_ITEMS,
     FORMATS,
     FRAME_HEADER,
-    Reject,
     Tally,
     layout,
-    parse,
+    parse_rows,
 )
-from directory.model import encode_content, entry_values, kind_of
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -65,23 +63,8 @@ def run(path: Path, fmt: str, out: IO[bytes]) -> None:
     try:
         with open_extraction(path) as stream:
             reader = ExtractionReader(stream, layout(fmt), path.name)
-            chunk: list[tuple[Any, ...]] = []
-            for rows, item in parse(reader, fmt, tally):
-                if isinstance(item, Reject):
-                    chunk.append((rows, item.line, item.reason))
-                else:
-                    chunk.append(
-                        (
-                            rows,
-                            kind_of(item).value,
-                            entry_values(item),
-                            encode_content(item),
-                        )
-                    )
-                if len(chunk) >= CHUNK_ITEMS:
-                    write_frame(out, chunk)
-                    chunk = []
-            if chunk:
+            items = parse_rows(reader, fmt, tally)
+            while chunk := list(itertools.islice(items, CHUNK_ITEMS)):
                 write_frame(out, chunk)
     except (OSError, ImportFileError) as exc:
         write_frame(out, {"failed": f"{type(exc).__name__}: {exc}"})

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import marshal
 import os
 import struct
@@ -42,7 +43,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
 
 from directory.errors import DirectoryError, InvalidFieldError
 from directory.importers import mssante, rpps
@@ -54,13 +55,18 @@ from directory.model import (
     Entry,
     Kind,
     Practitioner,
-    entry_from_values,
+    Status,
+    decode_content,
+    encode_content,
     kind_of,
 )
 from directory.protocol import BatchCounts, Directory, ImportRun, Merge
+from directory.sqlite import import_row
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
+
+    from directory.sqlite import ImportRow
 
 Format = Literal["mssante", "rpps"]
 FORMATS: Final[tuple[Format, ...]] = ("mssante", "rpps")
@@ -75,7 +81,6 @@ PARALLEL_MIN_BYTES: Final = 8 * 1024 * 1024
 CHUNK_ITEMS: Final = 2000
 # Frames from the parsing process: a 4-byte big-endian length, then the payload.
 FRAME_HEADER: Final = struct.Struct(">I")
-_KINDS: Final = {k.value: k for k in Kind}
 # The directory containing the ``directory`` package, for the parsing process.
 _PACKAGE_ROOT: Final = Path(__file__).resolve().parents[2]
 
@@ -155,13 +160,38 @@ class ImportReport:
         return self.kind(self.main).suspended_keys
 
 
+@runtime_checkable
+class RowImport(Protocol):
+    """What a backend offers beside :class:`Directory` to take an import's
+    rows as they are (:data:`directory.sqlite.ImportRow`), without the
+    entries being rebuilt: :class:`directory.sqlite.SqliteDirectory`.
+
+    :meth:`begin_import` and :meth:`end_import` bracket a run, so that the
+    backend may make a first import one transaction.
+    """
+
+    async def begin_import(self, run: ImportRun, kinds: Sequence[Kind]) -> None: ...
+
+    async def import_rows(
+        self,
+        kind: Kind,
+        rows: Sequence[ImportRow],
+        run: ImportRun,
+        merge: Merge | None = None,
+    ) -> BatchCounts: ...
+
+    async def end_import(self, run: ImportRun, *, commit: bool) -> None: ...
+
+
 class _Batcher:
-    """Buffers entries of one kind and sends them by ``batch_size``.
+    """Buffers the rows of one kind and sends them by ``batch_size``.
 
     One batch per kind is in flight while the next one is parsed (the backend
     works in its own thread); the next batch is sent only once the previous
     one is committed, so batches of one kind never overlap, whatever the
-    backend's thread pool.
+    backend's thread pool. A :class:`RowImport` backend takes the rows; any
+    other gets the entries, rebuilt from their content (validated when they
+    were parsed), with that content.
     """
 
     def __init__(
@@ -173,47 +203,41 @@ class _Batcher:
         merge: Merge | None = None,
     ) -> None:
         self._directory = directory
+        self._rows = directory if isinstance(directory, RowImport) else None
         self._run = run
         self._report = report
-        self._size = batch_size
+        self.kind = report.kind
+        self.size = batch_size
         self._merge = merge
         self._in_flight: asyncio.Task[BatchCounts] | None = None
-        self.pending: list[Entry] = []
-        self._contents: list[str] = []  # of pending, while every one has it
-
-    async def add(self, entry: Entry, content: str = "") -> bool:
-        """Buffer one entry (with its content encoding, if made already);
-        True when that sent a batch."""
-        if content and len(self._contents) == len(self.pending):
-            self._contents.append(content)
-        self.pending.append(entry)
-        if len(self.pending) < self._size:
-            return False
-        await self._send()
-        return True
+        self.pending: list[ImportRow] = []
 
     async def _wait(self) -> None:
         task, self._in_flight = self._in_flight, None
         if task is not None:
             self._report.counts += await task
 
-    async def _send(self) -> None:
+    async def send(self) -> None:
         await self._wait()
-        if self.pending:
-            batch, self.pending = self.pending, []
-            contents, self._contents = self._contents, []
-            self._in_flight = asyncio.ensure_future(
-                self._directory.import_batch(
-                    batch,
-                    self._run,
-                    self._merge,
-                    contents=contents if len(contents) == len(batch) else None,
-                )
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        if self._rows is not None:
+            sent = self._rows.import_rows(self.kind, batch, self._run, self._merge)
+        else:
+            contents = [row[1] for row in batch]
+            entries = [
+                decode_content(self.kind, c, Status.ACTIVE, self._run.source)
+                for c in contents
+            ]
+            sent = self._directory.import_batch(
+                entries, self._run, self._merge, contents=contents
             )
+        self._in_flight = asyncio.ensure_future(sent)
 
     async def flush(self) -> None:
         """Send what is buffered and wait until every batch is committed."""
-        await self._send()
+        await self.send()
         await self._wait()
 
     async def abandon(self) -> None:
@@ -293,6 +317,7 @@ async def import_file(
                 directory, run, report.kind(Kind.PRACTITIONER), batch_size, rpps.merge
             )
         }
+    rows = directory if isinstance(directory, RowImport) else None
     with (
         _fewer_collections(),
         open_extraction(path) as stream,  # the header is checked here, first
@@ -305,17 +330,24 @@ async def import_file(
             items: _Items = _parse_in_process(path, fmt)
         else:
             items = _parse_here(reader, fmt)
+        if rows is not None:
+            await rows.begin_import(run, list(batchers))
         try:
             await _feed(items, report, batchers, progress)
+            if suspend:
+                for batcher in batchers.values():
+                    await batcher.suspend_absent()
         except BaseException:
             for batcher in batchers.values():
                 await batcher.abandon()
+            if rows is not None:
+                with contextlib.suppress(DirectoryError):  # the first error wins
+                    await rows.end_import(run, commit=False)
             raise
         finally:
             await items.aclose()
-    if suspend:
-        for batcher in batchers.values():
-            await batcher.suspend_absent()
+    if rows is not None:
+        await rows.end_import(run, commit=True)
     report.elapsed = time.monotonic() - started
     return report
 
@@ -353,9 +385,11 @@ class Tally:
     fallback_lines: int = 0
 
 
-# One parsed item: (data rows read so far, an entry or a rejected row, the
-# entry's content encoding when already made -- by the parsing process -- or "").
-_Item = tuple[int, Entry | Reject, str]
+# One parsed item: (data rows read so far, kind, row) for an entry -- its
+# :data:`directory.sqlite.ImportRow` --, (data rows read so far, "", (line,
+# reason)) for a rejected row. Builtins only: the parsing process sends them
+# as they are (marshal).
+_Item = tuple[int, str, Any]
 
 
 def parse(
@@ -365,6 +399,57 @@ def parse(
     rows become entries (in this process or in the parsing process)."""
     yield from (_mssante if fmt == "mssante" else _rpps)(reader, tally)
     tally.fallback_lines = reader.fallback_lines
+
+
+def parse_rows(reader: ExtractionReader, fmt: Format, tally: Tally) -> Iterator[_Item]:
+    """The items of a file's rows, in file order: :func:`parse`'s entries as
+    rows (:func:`directory.sqlite.import_row`), and its rejects. The one
+    place rows become items, in this process or in the parsing process.
+
+    MSSanté rows that :func:`.mssante.fast_rows` recognises skip the entries
+    (the same rows, tested); the others take :func:`parse`'s path.
+    """
+    if fmt == "mssante":
+        yield from _mssante_rows(reader, tally)
+    else:
+        for rows, item in parse(reader, fmt, tally):
+            if isinstance(item, Reject):
+                yield rows, "", (item.line, item.reason)
+            else:
+                yield rows, kind_of(item).value, import_row(item, encode_content(item))
+    tally.fallback_lines = reader.fallback_lines
+
+
+_MAILBOX: Final = Kind.MAILBOX.value
+_ORGANISATION: Final = Kind.ORGANISATION.value
+
+
+def _mssante_rows(reader: ExtractionReader, tally: Tally) -> Iterator[_Item]:
+    # As _mssante, row by row: a row's organisation (the first time its
+    # structure is seen) comes before its mailbox.
+    known: set[str] = set()
+    fast = mssante.fast_rows
+    for number, item in reader:
+        tally.rows += 1
+        rows = tally.rows
+        if isinstance(item, str):
+            yield rows, "", (number, item)
+            continue
+        made = fast(item, known)
+        if made is None:
+            try:
+                row = mssante.parse_row(item, known)
+            except InvalidFieldError as exc:
+                yield rows, "", (number, str(exc))
+                continue
+            box = import_row(row.mailbox, encode_content(row.mailbox))
+            org = row.organisation
+            made = box, None if org is None else import_row(org, encode_content(org))
+        box_row, org_row = made
+        if org_row is not None:
+            known.add(org_row[0])
+            yield rows, _ORGANISATION, org_row
+        yield rows, _MAILBOX, box_row
 
 
 def _mssante(
@@ -438,13 +523,10 @@ class _Items:
 class _HereItems(_Items):
     def __init__(self, reader: ExtractionReader, fmt: Format) -> None:
         super().__init__()
-        self._items = parse(reader, fmt, self.tally)
+        self._items = parse_rows(reader, fmt, self.tally)
 
     async def __anext__(self) -> list[_Item]:
-        chunk = [
-            (rows, item, "")
-            for _, (rows, item) in zip(range(CHUNK_ITEMS), self._items, strict=False)
-        ]
+        chunk = list(itertools.islice(self._items, CHUNK_ITEMS))
         if not chunk:
             raise StopAsyncIteration
         return chunk
@@ -527,12 +609,8 @@ class _ProcessItems(_Items):
             self.tally.rows = payload["rows"]
             self.tally.fallback_lines = payload["fallback_lines"]
             raise StopAsyncIteration
-        return [
-            (item[0], Reject(item[1], item[2]), "")
-            if len(item) == 3
-            else (item[0], entry_from_values(_KINDS[item[1]], item[2]), item[3])
-            for item in payload
-        ]
+        chunk: list[_Item] = payload
+        return chunk
 
     async def aclose(self) -> None:
         process = self._process
@@ -560,16 +638,19 @@ async def _feed(
 ) -> None:
     """Send parsed items to their batchers; progress after each main batch."""
     main = batchers[report.main]
+    by_kind = {kind.value: batcher for kind, batcher in batchers.items()}
     async for chunk in items:
-        for rows, item, content in chunk:
-            report.rows = rows
-            if isinstance(item, Reject):
-                report.reject(item.line, item.reason)
+        for rows, kind, row in chunk:
+            if not kind:
+                report.reject(*row)
                 continue
-            batcher = batchers[kind_of(item)]
-            sent = await batcher.add(item, content)
-            if sent and batcher is main and progress is not None:
-                progress(rows)
+            batcher = by_kind[kind]
+            pending = batcher.pending
+            pending.append(row)
+            if len(pending) >= batcher.size:
+                await batcher.send()
+                if batcher is main and progress is not None:
+                    progress(rows)
     report.rows = items.tally.rows
     report.fallback_lines = items.tally.fallback_lines
     for batcher in batchers.values():
