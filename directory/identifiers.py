@@ -232,7 +232,7 @@ def domain(value: str, field: str = "domain") -> str:
     return v
 
 
-def _plain_local_part(local: str) -> bool:
+def is_plain_local_part(local: str) -> bool:
     """The common local parts, checked without a regular expression: ASCII
     letters and digits with inner single dots, hyphens and underscores (all
     RFC 5322 atext). False says only "not this simple": the full dot-atom
@@ -262,7 +262,7 @@ def address(value: str, field: str = "address") -> str:
     if not sep or not local:
         raise InvalidFieldError(field, value, "not an e-mail address (local@domain)")
     if len(local) > MAX_LOCAL_PART_LENGTH or not (
-        _plain_local_part(local) or _LOCAL_PART.fullmatch(local)
+        is_plain_local_part(local) or _LOCAL_PART.fullmatch(local)
     ):
         raise InvalidFieldError(field, value, "invalid local part (RFC 5321 dot-atom)")
     try:

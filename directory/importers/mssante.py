@@ -241,9 +241,18 @@ _QUOTE: Final = json.encoder.encode_basestring  # JSON string, ensure_ascii=Fals
 _BLAKE2B: Final = hashlib.blake2b
 
 
-def _digest(content: str) -> str:
-    # The same as directory.model.digest_of.
-    return _BLAKE2B(content.encode(), digest_size=16).hexdigest()
+# Raw "Type de BAL" -> (BAL type, a practitioner's box even with a structure,
+# a practitioner's box without one).
+_FAST_BAL: Final = {
+    t.value: (t.value, t is BalType.PER, t in (BalType.PER, BalType.CAB))
+    for t in BalType
+}
+_PRACTITIONER: Final = OwnerKind.PRACTITIONER.value
+_ORGANISATION: Final = OwnerKind.ORGANISATION.value
+# (type, id) fields -> national structure id ("" when unsupported), for
+# valid ones: tens of thousands of structures, each on many rows.
+_STRUCTURES: dict[tuple[str, str], str] = {}
+_MAX_STRUCTURES: Final = 65536
 
 
 def fast_rows(
@@ -251,22 +260,38 @@ def fast_rows(
 ) -> tuple[ImportRow, ImportRow | None] | None:
     """The mailbox row and, when the structure is new and named, the
     organisation row of one row; None when the row needs :func:`parse_row`."""
-    bal_type = _BAL_TYPES.get(fields[BAL_TYPE].strip().upper())
-    if bal_type is None:
+    bal = _FAST_BAL.get(fields[BAL_TYPE])
+    if bal is None:  # unknown, or written otherwise ("per ", ...)
         return None
+    bal_type, per, practitioner_without_structure = bal
+    pair = (fields[STRUCTURE_ID_TYPE], fields[STRUCTURE_ID])
+    structure = _STRUCTURES.get(pair)
+    raw = fields[ADDRESS]
+    local, at, domain = raw.rpartition("@")
     try:
-        structure = structure_id(fields[STRUCTURE_ID_TYPE], fields[STRUCTURE_ID])
-        address = ids.address(fields[ADDRESS])
+        if structure is None:
+            structure = structure_id(*pair)
+            if len(_STRUCTURES) >= _MAX_STRUCTURES:
+                _STRUCTURES.clear()
+            _STRUCTURES[pair] = structure
+        # ids.address, for a plain local part (anything else: parse_row).
+        if not (
+            at
+            and len(local) <= ids.MAX_LOCAL_PART_LENGTH
+            and ids.is_plain_local_part(local)
+        ):
+            return None
+        address = local + "@" + ids.domain(domain)
     except InvalidFieldError:
         return None
     service = fields[SERVICE].strip()
     company = fields[COMPANY_NAME].strip()
-    if bal_type is BalType.PER or (bal_type is BalType.CAB and not structure):
+    if per or (practitioner_without_structure and not structure):
         owner = fields[PP_NATIONAL_ID].strip()
         # 8 + RPPS only (ADELI and the other spellings go to parse_row).
         if not (len(owner) == 12 and owner[0] == "8" and ids.is_rpps(owner[1:])):
             return None
-        owner_kind = OwnerKind.PRACTITIONER.value
+        owner_kind = _PRACTITIONER
         civility = fields[CIVILITY].strip()
         display = _join(
             CIVILITY_TITLE.get(civility.upper(), civility),
@@ -274,14 +299,14 @@ def fast_rows(
             fields[LAST_NAME].strip(),
         )
     elif structure:
-        owner, owner_kind = structure, OwnerKind.ORGANISATION.value
+        owner, owner_kind = structure, _ORGANISATION
         display = " - ".join(p for p in (service, company) if p)
     else:
         return None
     profession = fields[PROFESSION].strip()
     # owner and structure are validated ids (digits, A, B): nothing to escape.
     content = (
-        f'{{"address":{_QUOTE(address)},"bal_type":"{bal_type.value}",'
+        f'{{"address":{_QUOTE(address)},"bal_type":"{bal_type}",'
         f'"certificates":[],"display_name":{_QUOTE(display)},"kind":"mailbox",'
         f'"owner_id":"{owner}","owner_kind":"{owner_kind}","pgp_key":"",'
         f'"prefers_pgp":false,"profession":{_QUOTE(profession)},"published":true,'
@@ -290,7 +315,7 @@ def fast_rows(
     mailbox = (
         address,
         content,
-        _digest(content),
+        _BLAKE2B(content.encode(), digest_size=16).hexdigest(),  # digest_of
         None,
         owner,
         None,
@@ -306,7 +331,7 @@ def fast_rows(
         organisation = (
             structure,
             content,
-            _digest(content),
+            _BLAKE2B(content.encode(), digest_size=16).hexdigest(),
             None,
             None,
             None,
