@@ -101,6 +101,11 @@ def is_rpps(value: str) -> bool:
     return len(value) == RPPS_LENGTH and _is_decimal(value) and _luhn(value)
 
 
+def is_adeli(value: str) -> bool:
+    """True when ``value`` is exactly an ADELI number (9 digits, Luhn key)."""
+    return len(value) == ADELI_LENGTH and _is_decimal(value) and _luhn(value)
+
+
 def rpps(value: str, field: str = "rpps") -> str:
     """An RPPS number: 11 digits with a valid Luhn key."""
     v = _digits(field, value, RPPS_LENGTH)

@@ -58,7 +58,6 @@ from directory.model import (
     Status,
     decode_content,
     encode_content,
-    kind_of,
 )
 from directory.protocol import BatchCounts, Directory, ImportRun, Merge
 from directory.sqlite import import_row
@@ -409,14 +408,7 @@ def parse_rows(reader: ExtractionReader, fmt: Format, tally: Tally) -> Iterator[
     MSSanté rows that :func:`.mssante.fast_rows` recognises skip the entries
     (the same rows, tested); the others take :func:`parse`'s path.
     """
-    if fmt == "mssante":
-        yield from _mssante_rows(reader, tally)
-    else:
-        for rows, item in parse(reader, fmt, tally):
-            if isinstance(item, Reject):
-                yield rows, "", (item.line, item.reason)
-            else:
-                yield rows, kind_of(item).value, import_row(item, encode_content(item))
+    yield from (_mssante_rows if fmt == "mssante" else _rpps_rows)(reader, tally)
     tally.fallback_lines = reader.fallback_lines
 
 
@@ -450,6 +442,40 @@ def _mssante_rows(reader: ExtractionReader, tally: Tally) -> Iterator[_Item]:
             known.add(org_row[0])
             yield rows, _ORGANISATION, org_row
         yield rows, _MAILBOX, box_row
+
+
+_PRACTITIONER: Final = Kind.PRACTITIONER.value
+
+
+def _rpps_rows(reader: ExtractionReader, tally: Tally) -> Iterator[_Item]:
+    # As _rpps: consecutive rows of one practitioner make one row (the later
+    # row's identity, the activities in first-seen order, once each).
+    fast = rpps.fast_row
+    identity: rpps.Identity | None = None
+    activities: list[rpps.ActivityValues] = []
+    for number, item in reader:
+        tally.rows += 1
+        if isinstance(item, str):
+            yield tally.rows, "", (number, item)
+            continue
+        made = fast(item)
+        if made is None:
+            try:
+                made = rpps.values_of(rpps.parse_row(item))
+            except InvalidFieldError as exc:
+                yield tally.rows, "", (number, str(exc))
+                continue
+        new_identity, activity = made
+        if identity is not None and new_identity[0] == identity[0]:
+            identity = new_identity
+            if activity not in activities:
+                activities.append(activity)
+            continue
+        if identity is not None:
+            yield tally.rows, _PRACTITIONER, rpps.practitioner_row(identity, activities)
+        identity, activities = new_identity, [activity]
+    if identity is not None:
+        yield tally.rows, _PRACTITIONER, rpps.practitioner_row(identity, activities)
 
 
 def _mssante(

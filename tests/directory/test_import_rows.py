@@ -19,8 +19,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from directory.errors import InvalidFieldError
-from directory.importers import ImportReport, import_file, mssante
-from directory.model import Kind, Status, encode_content
+from directory.importers import Format, ImportReport, import_file, mssante
+from directory.importers._reader import ExtractionReader, open_extraction
+from directory.importers._run import Reject, Tally, layout, parse, parse_rows
+from directory.model import Kind, Status, encode_content, kind_of
 from directory.sqlite import SqliteDirectory, import_row
 from tests.directory import samples
 
@@ -313,3 +315,33 @@ async def test_import_beside_entries_of_its_kind_keeps_them(tmp_path: Path) -> N
         assert await d.count(Kind.MAILBOX) == GOOD_ROWS + 1
     finally:
         await d.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "fmt"),
+    [
+        (DEMO / MSSANTE, "mssante"),
+        (BAD / MSSANTE, "mssante"),
+        (DEMO / RPPS, "rpps"),
+        (BAD / RPPS, "rpps"),
+        (BAD / "PS_LibreAcces_Personne_activite_rejects.txt", "rpps"),
+    ],
+    ids=["mssante", "mssante-bad", "rpps", "rpps-bad", "rpps-rejects"],
+)
+def test_parse_rows_gives_the_rows_of_parse(path: Path, fmt: Format) -> None:
+    def items(make: Callable[[ExtractionReader, Tally], list[Any]]) -> list[Any]:
+        with open_extraction(path) as stream:
+            return make(ExtractionReader(stream, layout(fmt), path.name), Tally())
+
+    def reference(reader: ExtractionReader, tally: Tally) -> list[Any]:
+        return [
+            (rows, "", (item.line, item.reason))
+            if isinstance(item, Reject)
+            else (rows, kind_of(item).value, import_row(item, encode_content(item)))
+            for rows, item in parse(reader, fmt, tally)
+        ]
+
+    def fast(reader: ExtractionReader, tally: Tally) -> list[Any]:
+        return list(parse_rows(reader, fmt, tally))
+
+    assert items(fast) == items(reference)
