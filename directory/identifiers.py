@@ -62,7 +62,7 @@ _FINESS = re.compile(r"(?:[0-9]{2}|2A|2B)[0-9]{7}")
 
 # Luhn doubles every second digit from the right and adds the digits of the
 # product: 0->0, 1->2, 2->4, 3->6, 4->8, 5->1, 6->3, 7->5, 8->7, 9->9.
-_LUHN_DOUBLED = str.maketrans("0123456789", "0246813579")
+_LUHN_DOUBLED_BYTES: Final = bytes.maketrans(b"0123456789", b"0246813579")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -82,10 +82,10 @@ def _luhn(digits: str) -> bool:
     """Luhn over ASCII decimal digits: the digits from the right that stay
     (key, then every second one) and those that are doubled (translated to
     the digit sum of their double) are summed as bytes, in C."""
-    kept = digits[::-2]
-    doubled = digits[-2::-2].translate(_LUHN_DOUBLED)
-    total = sum(kept.encode()) + sum(doubled.encode()) - 48 * len(digits)
-    return total % 10 == 0
+    raw = digits.encode()
+    kept = sum(raw[::-2])
+    doubled = sum(raw[-2::-2].translate(_LUHN_DOUBLED_BYTES))
+    return (kept + doubled - 48 * len(raw)) % 10 == 0
 
 
 def _digits(field: str, value: str, length: int) -> str:

@@ -2,13 +2,16 @@
 
 Owns the loop that reads rows (:mod:`directory.importers._reader`), maps them
 with the pure row parsers (:mod:`.mssante`, :mod:`.rpps`), sends them in
-batches to :meth:`Directory.import_batch` and finishes with
-:meth:`Directory.suspend_absent`; and the :class:`ImportReport` it returns.
+batches to the backend and finishes with :meth:`Directory.suspend_absent`;
+and the :class:`ImportReport` it returns.
 
 What must stay true:
 
-- Only the :class:`~directory.protocol.Directory` protocol is used, so one
-  importer serves every backend.
+- One importer serves every backend: rows go to a backend that takes them
+  as they are (:class:`RowImport`, the sqlite backend) with
+  ``import_rows``, to any other as entries with
+  :meth:`Directory.import_batch`; the rules and counts are those of
+  :func:`directory.protocol.plan_batch` either way (a test compares both).
 - Nothing is written before the header is checked; a file-level error
   (:class:`~directory.importers.ImportFileError`) raises before any batch.
 - A bad row never stops the import: it is counted and, for the first
@@ -17,11 +20,16 @@ What must stay true:
   structure ids seen (tens of thousands), never by the number of rows; with
   a parsing process, plus :data:`_READ_AHEAD_FRAMES` frames of
   :data:`CHUNK_ITEMS` items read ahead.
-- Each batch is one transaction (the backend's); absent entries are suspended
-  only after the last batch succeeded, so a failed run suspends nothing.
-- The same rows give the same entries, batches, counts and progress calls
+- Each batch is one transaction (the backend's) -- a :class:`RowImport`
+  backend may make a first import one transaction (:meth:`RowImport.
+  begin_import`) --; absent entries are suspended only after the last
+  batch succeeded, so a failed run suspends nothing.
+- The same rows give the same items, batches, counts and progress calls
   whether parsing runs in this process or in a parsing process beside it
-  (``parallel``): :func:`_parse` is the one place rows become entries.
+  (``parallel``): :func:`parse_rows` is the one place rows become items. It
+  gives the rows of :func:`parse`'s entries (the reference, entries built
+  and validated by the model), without building them for plainly valid
+  rows (a test compares both on the sample files).
 - Idempotent: importing the same file twice gives only ``unchanged`` the
   second time and suspends nothing. (One exception, inherent to batching: an
   RPPS practitioner whose rows are *not adjacent* and fall into different
