@@ -6,8 +6,10 @@ Storage layout (one file, ``directory.sqlite3`` in the data directory):
   table: rows are wide, too wide for ``WITHOUT ROWID`` to pay); ``data`` is
   the entry's content encoding (:func:`directory.model.encode_content`, the
   very text its ``digest`` hashes); ``status``, ``source`` are columns (not in
-  ``data``), with who set the status and the last import run that saw the
-  entry; and derived columns that lookups use: ``addr`` (a patient's address;
+  ``data``), with who set the status and ``last_run``, the last import run
+  that wrote the entry (the entries a run finds unchanged are kept in
+  memory while it runs, not rewritten: see :class:`_Import`); and derived
+  columns that lookups use: ``addr`` (a patient's address;
   a mailbox is found by its key), ``owner`` (mailbox owner, delegation
   account), ``ref`` (delegation mailbox), ``search`` (lower-cased text for
   substring search). Each derived column has an index.
@@ -28,6 +30,19 @@ connection of that thread: WAL lets readers run beside the writer, and a
 statement is always read to its end, so no read transaction stays open. A
 second process (the CLI while the relay runs) reads the same way. A write is
 one transaction; a failed batch leaves nothing behind.
+
+Imports: the importers hand rows over ready to store (:data:`ImportRow`,
+:meth:`SqliteDirectory.import_rows`); only rows that are neither new nor
+unchanged become entries again, for :func:`directory.protocol.plan_batch`.
+A first import (no entry of its kinds yet) is one transaction from
+:meth:`SqliteDirectory.begin_import` to :meth:`SqliteDirectory.end_import`,
+inserting without looking up: if it fails or the process dies, nothing of
+it is there, so a half-imported directory can never pass for a complete
+one. Durability is unchanged (WAL, ``synchronous=NORMAL``): the transaction
+is a plain one, only larger, and readers keep reading the last committed
+state meanwhile; other writers wait for it (the relay does not write here;
+an admin command run meanwhile waits ``busy_timeout`` and then fails with
+:class:`~directory.errors.DirectoryUnavailableError`).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from directory import identifiers as ids
 from directory.errors import InvalidFieldError
@@ -249,10 +249,19 @@ _FAST_BAL: Final = {
 }
 _PRACTITIONER: Final = OwnerKind.PRACTITIONER.value
 _ORGANISATION: Final = OwnerKind.ORGANISATION.value
-# (type, id) fields -> national structure id ("" when unsupported), for
-# valid ones: tens of thousands of structures, each on many rows.
+# Values that repeat from row to row, by the raw field(s), valid ones only:
+# (type, id) -> national structure id ("" when unsupported; tens of thousands
+# of structures), domain -> canonical domain (hundreds), civility -> title.
 _STRUCTURES: dict[tuple[str, str], str] = {}
-_MAX_STRUCTURES: Final = 65536
+_DOMAINS: dict[str, str] = {}
+_TITLES: dict[str, str] = {}
+_MAX_REMEMBERED: Final = 65536  # per cache; a full cache starts again
+
+
+def _remember(cache: dict[Any, str], key: object, value: str) -> None:
+    if len(cache) >= _MAX_REMEMBERED:
+        cache.clear()
+    cache[key] = value
 
 
 def fast_rows(
@@ -266,24 +275,25 @@ def fast_rows(
     bal_type, per, practitioner_without_structure = bal
     pair = (fields[STRUCTURE_ID_TYPE], fields[STRUCTURE_ID])
     structure = _STRUCTURES.get(pair)
-    raw = fields[ADDRESS]
-    local, at, domain = raw.rpartition("@")
+    local, at, domain = fields[ADDRESS].rpartition("@")
+    canonical_domain = _DOMAINS.get(domain)
     try:
         if structure is None:
             structure = structure_id(*pair)
-            if len(_STRUCTURES) >= _MAX_STRUCTURES:
-                _STRUCTURES.clear()
-            _STRUCTURES[pair] = structure
-        # ids.address, for a plain local part (anything else: parse_row).
-        if not (
-            at
-            and len(local) <= ids.MAX_LOCAL_PART_LENGTH
-            and ids.is_plain_local_part(local)
-        ):
-            return None
-        address = local + "@" + ids.domain(domain)
+            _remember(_STRUCTURES, pair, structure)
+        if canonical_domain is None:
+            canonical_domain = ids.domain(domain)
+            _remember(_DOMAINS, domain, canonical_domain)
     except InvalidFieldError:
         return None
+    # ids.address, for a plain local part (anything else: parse_row).
+    if not (
+        at
+        and len(local) <= ids.MAX_LOCAL_PART_LENGTH
+        and ids.is_plain_local_part(local)
+    ):
+        return None
+    address = local + "@" + canonical_domain
     service = fields[SERVICE].strip()
     company = fields[COMPANY_NAME].strip()
     if per or (practitioner_without_structure and not structure):
@@ -292,15 +302,24 @@ def fast_rows(
         if not (len(owner) == 12 and owner[0] == "8" and ids.is_rpps(owner[1:])):
             return None
         owner_kind = _PRACTITIONER
-        civility = fields[CIVILITY].strip()
-        display = _join(
-            CIVILITY_TITLE.get(civility.upper(), civility),
-            fields[FIRST_NAME].strip(),
-            fields[LAST_NAME].strip(),
-        )
+        civility = fields[CIVILITY]
+        title = _TITLES.get(civility)
+        if title is None:
+            stripped = civility.strip()
+            title = CIVILITY_TITLE.get(stripped.upper(), stripped)
+            _remember(_TITLES, civility, title)
+        first = fields[FIRST_NAME].strip()
+        last = fields[LAST_NAME].strip()
+        if title and first and last:
+            display = f"{title} {first} {last}"
+        else:
+            display = _join(title, first, last)
     elif structure:
         owner, owner_kind = structure, _ORGANISATION
-        display = " - ".join(p for p in (service, company) if p)
+        if service and company:
+            display = f"{service} - {company}"
+        else:
+            display = service or company
     else:
         return None
     profession = fields[PROFESSION].strip()
