@@ -408,6 +408,35 @@ def parse(
     tally.fallback_lines = reader.fallback_lines
 
 
+# Items by CHUNK_ITEMS, sorted out: (rejects as (line, reason), and for each
+# kind its rows with, beside each, the data rows read when it came out). The
+# importing process then handles a chunk with a few list operations, not
+# one step per row. Builtins only (a frame of the parsing process).
+_Chunk = tuple[list[tuple[int, str]], dict[str, tuple[list[Any], list[int]]]]
+
+
+def chunks(items: Iterator[_Item]) -> Iterator[_Chunk]:
+    """:func:`parse_rows`'s items by :data:`CHUNK_ITEMS`, sorted out by kind
+    (each kind's rows, and the rejects, stay in file order)."""
+    while True:
+        rejects: list[tuple[int, str]] = []
+        kinds: dict[str, tuple[list[Any], list[int]]] = {}
+        taken = 0
+        for rows, kind, row in itertools.islice(items, CHUNK_ITEMS):
+            taken += 1
+            if not kind:
+                rejects.append(row)
+                continue
+            found = kinds.get(kind)
+            if found is None:
+                found = kinds[kind] = ([], [])
+            found[0].append(row)
+            found[1].append(rows)
+        if not taken:
+            return
+        yield rejects, kinds
+
+
 def parse_rows(reader: ExtractionReader, fmt: Format, tally: Tally) -> Iterator[_Item]:
     """The items of a file's rows, in file order: :func:`parse`'s entries as
     rows (:func:`directory.sqlite.import_row`), and its rejects. The one
@@ -547,7 +576,7 @@ class _Items:
     def __aiter__(self) -> _Items:
         return self
 
-    async def __anext__(self) -> list[_Item]:
+    async def __anext__(self) -> _Chunk:
         raise StopAsyncIteration
 
     async def aclose(self) -> None:
@@ -557,11 +586,11 @@ class _Items:
 class _HereItems(_Items):
     def __init__(self, reader: ExtractionReader, fmt: Format) -> None:
         super().__init__()
-        self._items = parse_rows(reader, fmt, self.tally)
+        self._chunks = chunks(parse_rows(reader, fmt, self.tally))
 
-    async def __anext__(self) -> list[_Item]:
-        chunk = list(itertools.islice(self._items, CHUNK_ITEMS))
-        if not chunk:
+    async def __anext__(self) -> _Chunk:
+        chunk = next(self._chunks, None)
+        if chunk is None:
             raise StopAsyncIteration
         return chunk
 
@@ -574,8 +603,11 @@ def _parse_here(reader: ExtractionReader, fmt: Format) -> _Items:
 
 
 # Frames read ahead of the writes: the parser keeps working while a batch is
-# being written (the pipe alone holds ~64 KB, a fraction of one frame).
+# being written (the pipe holds 1 MB, about one frame: see _parser).
 _READ_AHEAD_FRAMES: Final = 4
+# Buffer of the pipe's stream reader (asyncio's default is 64 KiB): a frame
+# (~1 MB) is read in a few large reads, not in pauses and resumes.
+_STREAM_LIMIT: Final = 4 * 1024 * 1024
 
 
 class _ProcessItems(_Items):
@@ -608,6 +640,7 @@ class _ProcessItems(_Items):
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             env=env,
+            limit=_STREAM_LIMIT,
         )
         assert self._process.stdout is not None  # noqa: S101 - stdout=PIPE
         self._reader = asyncio.create_task(self._read(self._process.stdout))
@@ -624,7 +657,7 @@ class _ProcessItems(_Items):
                 return
         await self._frames.put(None)  # end of stream
 
-    async def __anext__(self) -> list[_Item]:
+    async def __anext__(self) -> _Chunk:
         if self._done:
             raise StopAsyncIteration
         if self._process is None:
@@ -643,7 +676,7 @@ class _ProcessItems(_Items):
             self.tally.rows = payload["rows"]
             self.tally.fallback_lines = payload["fallback_lines"]
             raise StopAsyncIteration
-        chunk: list[_Item] = payload
+        chunk: _Chunk = payload
         return chunk
 
     async def aclose(self) -> None:
@@ -673,18 +706,20 @@ async def _feed(
     """Send parsed items to their batchers; progress after each main batch."""
     main = batchers[report.main]
     by_kind = {kind.value: batcher for kind, batcher in batchers.items()}
-    async for chunk in items:
-        for rows, kind, row in chunk:
-            if not kind:
-                report.reject(*row)
-                continue
+    async for rejects, kinds in items:
+        for line, reason in rejects:
+            report.reject(line, reason)
+        for kind, (rows, read) in kinds.items():
             batcher = by_kind[kind]
-            pending = batcher.pending
-            pending.append(row)
-            if len(pending) >= batcher.size:
-                await batcher.send()
-                if batcher is main and progress is not None:
-                    progress(rows)
+            start = 0
+            while start < len(rows):
+                room = batcher.size - len(batcher.pending)
+                batcher.pending += rows[start : start + room]
+                start += room
+                if len(batcher.pending) >= batcher.size:
+                    await batcher.send()
+                    if batcher is main and progress is not None:
+                        progress(read[start - 1])  # rows read when it filled
     report.rows = items.tally.rows
     report.fallback_lines = items.tally.fallback_lines
     for batcher in batchers.values():
