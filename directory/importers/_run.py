@@ -84,7 +84,7 @@ MAX_LISTED_KEYS: Final = 1000  # suspended keys listed in the report; all are co
 # and the backend's writes then share the machine's cores); below it, the
 # ~0.3 s to start that process would cost more than it saves.
 PARALLEL_MIN_BYTES: Final = 8 * 1024 * 1024
-# Parsed items per chunk (and per frame from the parsing process, ~0.5 MB).
+# Parsed items per chunk (and per frame from the parsing process, ~1 MB).
 CHUNK_ITEMS: Final = 2000
 # Frames from the parsing process: a 4-byte big-endian length, then the payload.
 FRAME_HEADER: Final = struct.Struct(">I")
