@@ -333,6 +333,7 @@ class SqliteDirectory:
         self._readers_lock = threading.Lock()
         self._closed = False
         self._imports: dict[str, _Import] = {}  # by run id
+        self._first_import: str | None = None  # run id holding the transaction
 
     @classmethod
     async def open(cls, path: Path) -> SqliteDirectory:
@@ -431,11 +432,15 @@ class SqliteDirectory:
             self._conn = None
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic write: a transaction, or a savepoint inside the open
-        transaction of a first import (:meth:`begin_import`)."""
+    def _transaction(
+        self, run: ImportRun | None = None
+    ) -> Iterator[sqlite3.Connection]:
+        """One atomic write: a transaction, or, for ``run`` when it is the
+        first import holding the open transaction (:meth:`begin_import`), a
+        savepoint inside it."""
         db = self._db
         if db.in_transaction:
+            self._refuse_during_first_import(run)
             db.execute("SAVEPOINT write")
             try:
                 yield db
@@ -452,6 +457,14 @@ class SqliteDirectory:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    def _refuse_during_first_import(self, run: ImportRun | None) -> None:
+        """A write of anything but the first import whose transaction is
+        open would share its fate (rolled back if it fails): refused, as
+        another process would be after ``busy_timeout``."""
+        if run is None or run.run_id != self._first_import:
+            msg = "a first import is running; try again when it has ended"
+            raise DirectoryUnavailableError(msg)
 
     # --- lookups ---------------------------------------------------------
 
@@ -858,7 +871,7 @@ class SqliteDirectory:
         if not entries:
             return BatchCounts()
         kind = kind_of(entries[0])
-        with self._transaction() as db:
+        with self._transaction(run) as db:
             stored = self._stored(kind, list({key_of(e) for e in entries}), run)
             states = self._states(kind, stored, run, merge is not None)
             plan = plan_batch(entries, states, run.run_id, merge, contents)
@@ -880,10 +893,10 @@ class SqliteDirectory:
     # unchanged become entries again and go through plan_batch.
 
     def _begin_import(self, run: ImportRun, kinds: Sequence[Kind]) -> None:
-        state = self._import_state(run)
         db = self._db
         if db.in_transaction:  # another first import holds the transaction
-            return
+            self._refuse_during_first_import(None)
+        state = self._import_state(run)
         db.execute("BEGIN IMMEDIATE")
         for kind in kinds:
             found = db.execute(
@@ -893,6 +906,7 @@ class SqliteDirectory:
                 db.execute("ROLLBACK")
                 return
         state.bulk_kinds = frozenset(kinds)
+        self._first_import = run.run_id
 
     async def begin_import(self, run: ImportRun, kinds: Sequence[Kind]) -> None:
         """Start an import run of entries of ``kinds``.
@@ -902,7 +916,9 @@ class SqliteDirectory:
         inserted without looking for stored ones, and a run that fails or
         dies half-way leaves nothing behind (a half directory could not be
         told from a complete one). Other writers wait meanwhile (readers do
-        not). Otherwise each batch is its own transaction, as with
+        not); other writes through this object, another import included,
+        raise :class:`~directory.errors.DirectoryUnavailableError` until it
+        ends. Otherwise each batch is its own transaction, as with
         :meth:`import_batch`.
         """
         await self._run(self._begin_import, run, kinds)
@@ -912,7 +928,8 @@ class SqliteDirectory:
         if state is None:
             return
         db = self._db
-        if state.bulk_kinds and db.in_transaction:
+        if state.bulk_kinds and self._first_import == run.run_id:
+            self._first_import = None
             db.execute("COMMIT" if commit else "ROLLBACK")
 
     async def end_import(self, run: ImportRun, *, commit: bool) -> None:
@@ -948,7 +965,12 @@ class SqliteDirectory:
             # stable sort: of two rows of one key, the first still wins).
             ordered = sorted(rows, key=_first)
             db.execute("SAVEPOINT rows")
-            added = db.executemany(insert, ordered).rowcount
+            try:
+                added = db.executemany(insert, ordered).rowcount
+            except BaseException:
+                db.execute("ROLLBACK TO rows")
+                db.execute("RELEASE rows")
+                raise
             if added == len(rows) or merge is None:
                 db.execute("RELEASE rows")
                 counts.added, counts.duplicates = added, len(rows) - added
@@ -963,7 +985,7 @@ class SqliteDirectory:
             return self._import_batch(
                 self._entries_of(kind, rows, run), run, merge, [r[1] for r in rows]
             )
-        with self._transaction() as db:
+        with self._transaction(run) as db:
             stored = self._stored(kind, keys, run)
             # The two plain cases of plan_batch, decided on the digest alone.
             fresh: list[ImportRow] = []
@@ -1029,7 +1051,7 @@ class SqliteDirectory:
         if kind in state.bulk_kinds:  # every entry of it is this run's
             return []
         seen = state.seen
-        with self._transaction() as db:
+        with self._transaction(run) as db:
             db.create_function(
                 "unseen", 1, lambda rowid: rowid not in seen, deterministic=True
             )
@@ -1058,6 +1080,8 @@ class SqliteDirectory:
         return await self._run(self._get_meta, name)
 
     def _set_meta(self, name: str, value: str) -> None:
+        if self._db.in_transaction:
+            self._refuse_during_first_import(None)
         self._db.execute(
             "INSERT OR REPLACE INTO meta (name, value) VALUES (?,?)", (name, value)
         )

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from directory.errors import InvalidFieldError
+from directory.errors import DirectoryUnavailableError, InvalidFieldError
 from directory.importers import Format, ImportReport, import_file, mssante
 from directory.importers._reader import ExtractionReader, open_extraction
 from directory.importers._run import Reject, Tally, layout, parse, parse_rows
@@ -345,3 +345,32 @@ def test_parse_rows_gives_the_rows_of_parse(path: Path, fmt: Format) -> None:
         return list(parse_rows(reader, fmt, tally))
 
     assert items(fast) == items(reference)
+
+
+async def test_other_writes_are_refused_while_a_first_import_runs(
+    tmp_path: Path,
+) -> None:
+    d = await SqliteDirectory.open(tmp_path / "d.sqlite3")
+    try:
+        started = asyncio.Event()
+        importing = asyncio.create_task(
+            import_file(
+                d,
+                DEMO / MSSANTE,
+                "mssante",
+                batch_size=10,
+                progress=lambda _: started.set(),
+                parallel=False,
+            )
+        )
+        await started.wait()
+
+        with pytest.raises(DirectoryUnavailableError, match="first import"):
+            await d.add(samples.mailbox("manual@medecin.mssante.fr"))
+
+        report = await importing
+        assert report.added == GOOD_ROWS
+        await d.add(samples.mailbox("manual@medecin.mssante.fr"))  # once it ended
+        assert await d.count(Kind.MAILBOX) == GOOD_ROWS + 1
+    finally:
+        await d.close()
