@@ -242,6 +242,7 @@ def is_plain_local_part(local: str) -> bool:
     letters and digits with inner single dots, hyphens and underscores (all
     RFC 5322 atext). False says only "not this simple": the full dot-atom
     rule decides then."""
+    # RFC 5322 §3.2.3 atext (a subset) and RFC 5321 §4.1.2 Dot-string.
     plain = local.replace("-", "a").replace("_", "a")
     return (
         plain.isascii()
