@@ -19,7 +19,8 @@ each figure next to a reference run on the same data:
 What must stay true: every import runs in a child process (``-m
 bench.directory --child ...``) so that its peak RSS is its own, read from
 ``os.wait4`` (the largest of that process and the parsing process it starts,
-not their sum); the output ends with one ``BENCH directory <metric> ours=<n>
+not their sum), and so is its CPU time (user + sys of both: on a shared
+machine it moves less than the wall time); the output ends with one ``BENCH directory <metric> ours=<n>
 ref=<n> ratio=<ours/ref> unit=<unit>`` line per figure.
 """
 
@@ -78,6 +79,7 @@ class ChildRun:
     seconds: float
     peak_rss_mb: float
     result: dict[str, object]
+    cpu_seconds: float = 0.0  # user + sys, with the parsing process it waited for
 
 
 def run_child(*args: str) -> ChildRun:
@@ -100,7 +102,8 @@ def run_child(*args: str) -> ChildRun:
         msg = f"child {args[0]} failed with status {proc.returncode}"
         raise RuntimeError(msg)
     result = json.loads(out.decode().strip().splitlines()[-1])
-    return ChildRun(seconds, usage.ru_maxrss / 1024, result)  # KiB on Linux
+    cpu = usage.ru_utime + usage.ru_stime
+    return ChildRun(seconds, usage.ru_maxrss / 1024, result, cpu)  # KiB on Linux
 
 
 # --- children ------------------------------------------------------------
@@ -374,6 +377,15 @@ def run(args: argparse.Namespace) -> int:
             )
             figures.append(
                 Figure(
+                    f"import_{fmt}_sqlite_cpu_seconds",
+                    ours.cpu_seconds,
+                    ref.cpu_seconds,
+                    "s",
+                    f"{n} rows, user+sys",
+                )
+            )
+            figures.append(
+                Figure(
                     f"import_{fmt}_sqlite_peak_rss",
                     ours.peak_rss_mb,
                     ref.peak_rss_mb,
@@ -389,6 +401,15 @@ def run(args: argparse.Namespace) -> int:
                         ref.seconds,
                         "s",
                         f"{n} rows, unchanged",
+                    )
+                )
+                figures.append(
+                    Figure(
+                        f"reimport_{fmt}_sqlite_cpu_seconds",
+                        again.cpu_seconds,
+                        ref.cpu_seconds,
+                        "s",
+                        f"{n} rows, unchanged, user+sys",
                     )
                 )
         figures += asyncio.run(lookups(db, lookups_n))

@@ -11,14 +11,14 @@ Wire format (stdout), what must stay true:
 
 - a sequence of frames, each a 4-byte big-endian length then a
   :mod:`marshal` payload of builtins only (never pickle);
-- a data frame is a list of items: an entry as ``(rows, kind, values,
-  content)`` -- ``values`` is :func:`directory.model.entry_values`, which the
-  parent turns back into the entry without validating it again (it was
-  validated here), ``content`` its :func:`directory.model.encode_content`,
-  so that the parent does not encode it again --, a rejected row as
-  ``(rows, line, reason)``; ``rows`` is the number
-  of data rows read when the item came out, so progress reports are the same
-  as in one process;
+- a data frame is a chunk of items as :func:`directory.importers._run.
+  chunks` sorts them out: ``(rejects, kinds)``, ``rejects`` a list of
+  ``(line, reason)``, ``kinds`` for each kind ``(rows, read)``: its
+  :data:`directory.sqlite.ImportRow` rows, made from entries validated here
+  (the parent stores them as they are or turns them back into entries
+  without validating them again), and beside each the number of data rows
+  read when it came out, so progress reports are the same as in one
+  process;
 - the last frame is ``{"rows": n, "fallback_lines": n}``, or ``{"failed":
   reason}`` when the file could not be read to its end;
 - the pipe's buffer is the back-pressure: the parser blocks when the parent
@@ -27,24 +27,24 @@ Wire format (stdout), what must stay true:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gc
 import marshal
 import sys
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Final
 
 from directory.importers._errors import ImportFileError
 from directory.importers._reader import ExtractionReader, open_extraction
 from directory.importers._run import (
-    CHUNK_ITEMS,
     FORMATS,
     FRAME_HEADER,
-    Reject,
     Tally,
+    chunks,
     layout,
-    parse,
+    parse_rows,
 )
-from directory.model import encode_content, entry_values, kind_of
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -65,28 +65,26 @@ def run(path: Path, fmt: str, out: IO[bytes]) -> None:
     try:
         with open_extraction(path) as stream:
             reader = ExtractionReader(stream, layout(fmt), path.name)
-            chunk: list[tuple[Any, ...]] = []
-            for rows, item in parse(reader, fmt, tally):
-                if isinstance(item, Reject):
-                    chunk.append((rows, item.line, item.reason))
-                else:
-                    chunk.append(
-                        (
-                            rows,
-                            kind_of(item).value,
-                            entry_values(item),
-                            encode_content(item),
-                        )
-                    )
-                if len(chunk) >= CHUNK_ITEMS:
-                    write_frame(out, chunk)
-                    chunk = []
-            if chunk:
+            for chunk in chunks(parse_rows(reader, fmt, tally)):
                 write_frame(out, chunk)
     except (OSError, ImportFileError) as exc:
         write_frame(out, {"failed": f"{type(exc).__name__}: {exc}"})
         return
     write_frame(out, {"rows": tally.rows, "fallback_lines": tally.fallback_lines})
+
+
+# The pipe's capacity (Linux's default is 64 KiB): a frame goes through in
+# one or two writes and reads instead of sixteen, so both processes make
+# fewer system calls and wake-ups; the parser also runs a frame further ahead.
+PIPE_BYTES: Final = 1024 * 1024
+
+
+def _widen_pipe(out: IO[bytes]) -> None:
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
+    if set_size is not None:
+        # Not a pipe, or above /proc/sys/fs/pipe-max-size: keep it as it is.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(out.fileno(), set_size, PIPE_BYTES)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -95,6 +93,7 @@ def main(argv: Sequence[str]) -> int:
     gc.disable()
     fmt, path = argv
     out = sys.stdout.buffer
+    _widen_pipe(out)
     try:
         run(Path(path), fmt, out)
         out.flush()

@@ -166,27 +166,36 @@ class ExtractionReader:
         width = self._width
         trailing = self._layout.trailing_separator
         readline = self._stream.readline
+        decode = self._decode
+        number = self.lines
         while raw := readline(MAX_LINE_BYTES):
-            self.lines += 1
-            number = self.lines
-            if len(raw) == MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            number += 1
+            self.lines = number
+            if raw[-1:] == b"\n":
+                raw = raw[:-2] if raw[-2:-1] == b"\r" else raw[:-1]
+            elif len(raw) == MAX_LINE_BYTES:
                 while (rest := readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
                     pass
                 yield number, f"line longer than {MAX_LINE_BYTES} bytes"
                 continue
-            raw = _strip_eol(raw)
+            else:
+                raw = _strip_eol(raw)
             if not raw.strip():
                 continue
-            text = self._decode(raw)
-            if text is None:
-                yield number, "line is neither UTF-8 nor Windows-1252"
-                continue
+            if raw.isascii():
+                text = raw.decode("ascii")
+            else:
+                decoded = decode(raw)
+                if decoded is None:
+                    yield number, "line is neither UTF-8 nor Windows-1252"
+                    continue
+                text = decoded
             fields = text.split(SEPARATOR)
             n = len(fields)
-            if trailing and n == width + 1 and not fields[-1]:
-                fields.pop()
-                n = width
             if n != width:
-                yield number, f"row has {n} fields, expected {width}"
-                continue
+                if trailing and n == width + 1 and not fields[-1]:
+                    fields.pop()
+                else:
+                    yield number, f"row has {n} fields, expected {width}"
+                    continue
             yield number, fields

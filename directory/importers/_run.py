@@ -2,13 +2,16 @@
 
 Owns the loop that reads rows (:mod:`directory.importers._reader`), maps them
 with the pure row parsers (:mod:`.mssante`, :mod:`.rpps`), sends them in
-batches to :meth:`Directory.import_batch` and finishes with
-:meth:`Directory.suspend_absent`; and the :class:`ImportReport` it returns.
+batches to the backend and finishes with :meth:`Directory.suspend_absent`;
+and the :class:`ImportReport` it returns.
 
 What must stay true:
 
-- Only the :class:`~directory.protocol.Directory` protocol is used, so one
-  importer serves every backend.
+- One importer serves every backend: rows go to a backend that takes them
+  as they are (:class:`RowImport`, the sqlite backend) with
+  ``import_rows``, to any other as entries with
+  :meth:`Directory.import_batch`; the rules and counts are those of
+  :func:`directory.protocol.plan_batch` either way (a test compares both).
 - Nothing is written before the header is checked; a file-level error
   (:class:`~directory.importers.ImportFileError`) raises before any batch.
 - A bad row never stops the import: it is counted and, for the first
@@ -17,11 +20,16 @@ What must stay true:
   structure ids seen (tens of thousands), never by the number of rows; with
   a parsing process, plus :data:`_READ_AHEAD_FRAMES` frames of
   :data:`CHUNK_ITEMS` items read ahead.
-- Each batch is one transaction (the backend's); absent entries are suspended
-  only after the last batch succeeded, so a failed run suspends nothing.
-- The same rows give the same entries, batches, counts and progress calls
+- Each batch is one transaction (the backend's) -- a :class:`RowImport`
+  backend may make a first import one transaction (:meth:`RowImport.
+  begin_import`) --; absent entries are suspended only after the last
+  batch succeeded, so a failed run suspends nothing.
+- The same rows give the same items, batches, counts and progress calls
   whether parsing runs in this process or in a parsing process beside it
-  (``parallel``): :func:`_parse` is the one place rows become entries.
+  (``parallel``): :func:`parse_rows` is the one place rows become items. It
+  gives the rows of :func:`parse`'s entries (the reference, entries built
+  and validated by the model), without building them for plainly valid
+  rows (a test compares both on the sample files).
 - Idempotent: importing the same file twice gives only ``unchanged`` the
   second time and suspends nothing. (One exception, inherent to batching: an
   RPPS practitioner whose rows are *not adjacent* and fall into different
@@ -34,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import marshal
 import os
 import struct
@@ -42,7 +51,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
 
 from directory.errors import DirectoryError, InvalidFieldError
 from directory.importers import mssante, rpps
@@ -54,13 +63,17 @@ from directory.model import (
     Entry,
     Kind,
     Practitioner,
-    entry_from_values,
-    kind_of,
+    Status,
+    decode_content,
+    encode_content,
 )
 from directory.protocol import BatchCounts, Directory, ImportRun, Merge
+from directory.sqlite import import_row
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
+
+    from directory.sqlite import ImportRow
 
 Format = Literal["mssante", "rpps"]
 FORMATS: Final[tuple[Format, ...]] = ("mssante", "rpps")
@@ -71,11 +84,10 @@ MAX_LISTED_KEYS: Final = 1000  # suspended keys listed in the report; all are co
 # and the backend's writes then share the machine's cores); below it, the
 # ~0.3 s to start that process would cost more than it saves.
 PARALLEL_MIN_BYTES: Final = 8 * 1024 * 1024
-# Parsed items per chunk (and per frame from the parsing process, ~0.5 MB).
+# Parsed items per chunk (and per frame from the parsing process, ~1 MB).
 CHUNK_ITEMS: Final = 2000
 # Frames from the parsing process: a 4-byte big-endian length, then the payload.
 FRAME_HEADER: Final = struct.Struct(">I")
-_KINDS: Final = {k.value: k for k in Kind}
 # The directory containing the ``directory`` package, for the parsing process.
 _PACKAGE_ROOT: Final = Path(__file__).resolve().parents[2]
 
@@ -155,13 +167,38 @@ class ImportReport:
         return self.kind(self.main).suspended_keys
 
 
+@runtime_checkable
+class RowImport(Protocol):
+    """What a backend offers beside :class:`Directory` to take an import's
+    rows as they are (:data:`directory.sqlite.ImportRow`), without the
+    entries being rebuilt: :class:`directory.sqlite.SqliteDirectory`.
+
+    :meth:`begin_import` and :meth:`end_import` bracket a run, so that the
+    backend may make a first import one transaction.
+    """
+
+    async def begin_import(self, run: ImportRun, kinds: Sequence[Kind]) -> None: ...
+
+    async def import_rows(
+        self,
+        kind: Kind,
+        rows: Sequence[ImportRow],
+        run: ImportRun,
+        merge: Merge | None = None,
+    ) -> BatchCounts: ...
+
+    async def end_import(self, run: ImportRun, *, commit: bool) -> None: ...
+
+
 class _Batcher:
-    """Buffers entries of one kind and sends them by ``batch_size``.
+    """Buffers the rows of one kind and sends them by ``batch_size``.
 
     One batch per kind is in flight while the next one is parsed (the backend
     works in its own thread); the next batch is sent only once the previous
     one is committed, so batches of one kind never overlap, whatever the
-    backend's thread pool.
+    backend's thread pool. A :class:`RowImport` backend takes the rows; any
+    other gets the entries, rebuilt from their content (validated when they
+    were parsed), with that content.
     """
 
     def __init__(
@@ -173,47 +210,41 @@ class _Batcher:
         merge: Merge | None = None,
     ) -> None:
         self._directory = directory
+        self._rows = directory if isinstance(directory, RowImport) else None
         self._run = run
         self._report = report
-        self._size = batch_size
+        self.kind = report.kind
+        self.size = batch_size
         self._merge = merge
         self._in_flight: asyncio.Task[BatchCounts] | None = None
-        self.pending: list[Entry] = []
-        self._contents: list[str] = []  # of pending, while every one has it
-
-    async def add(self, entry: Entry, content: str = "") -> bool:
-        """Buffer one entry (with its content encoding, if made already);
-        True when that sent a batch."""
-        if content and len(self._contents) == len(self.pending):
-            self._contents.append(content)
-        self.pending.append(entry)
-        if len(self.pending) < self._size:
-            return False
-        await self._send()
-        return True
+        self.pending: list[ImportRow] = []
 
     async def _wait(self) -> None:
         task, self._in_flight = self._in_flight, None
         if task is not None:
             self._report.counts += await task
 
-    async def _send(self) -> None:
+    async def send(self) -> None:
         await self._wait()
-        if self.pending:
-            batch, self.pending = self.pending, []
-            contents, self._contents = self._contents, []
-            self._in_flight = asyncio.ensure_future(
-                self._directory.import_batch(
-                    batch,
-                    self._run,
-                    self._merge,
-                    contents=contents if len(contents) == len(batch) else None,
-                )
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        if self._rows is not None:
+            sent = self._rows.import_rows(self.kind, batch, self._run, self._merge)
+        else:
+            contents = [row[1] for row in batch]
+            entries = [
+                decode_content(self.kind, c, Status.ACTIVE, self._run.source)
+                for c in contents
+            ]
+            sent = self._directory.import_batch(
+                entries, self._run, self._merge, contents=contents
             )
+        self._in_flight = asyncio.ensure_future(sent)
 
     async def flush(self) -> None:
         """Send what is buffered and wait until every batch is committed."""
-        await self._send()
+        await self.send()
         await self._wait()
 
     async def abandon(self) -> None:
@@ -293,6 +324,7 @@ async def import_file(
                 directory, run, report.kind(Kind.PRACTITIONER), batch_size, rpps.merge
             )
         }
+    rows = directory if isinstance(directory, RowImport) else None
     with (
         _fewer_collections(),
         open_extraction(path) as stream,  # the header is checked here, first
@@ -305,17 +337,24 @@ async def import_file(
             items: _Items = _parse_in_process(path, fmt)
         else:
             items = _parse_here(reader, fmt)
+        if rows is not None:
+            await rows.begin_import(run, list(batchers))
         try:
             await _feed(items, report, batchers, progress)
+            if suspend:
+                for batcher in batchers.values():
+                    await batcher.suspend_absent()
         except BaseException:
             for batcher in batchers.values():
                 await batcher.abandon()
+            if rows is not None:
+                with contextlib.suppress(DirectoryError):  # the first error wins
+                    await rows.end_import(run, commit=False)
             raise
         finally:
             await items.aclose()
-    if suspend:
-        for batcher in batchers.values():
-            await batcher.suspend_absent()
+    if rows is not None:
+        await rows.end_import(run, commit=True)
     report.elapsed = time.monotonic() - started
     return report
 
@@ -353,9 +392,11 @@ class Tally:
     fallback_lines: int = 0
 
 
-# One parsed item: (data rows read so far, an entry or a rejected row, the
-# entry's content encoding when already made -- by the parsing process -- or "").
-_Item = tuple[int, Entry | Reject, str]
+# One parsed item: (data rows read so far, kind, row) for an entry -- its
+# :data:`directory.sqlite.ImportRow` --, (data rows read so far, "", (line,
+# reason)) for a rejected row. Builtins only: the parsing process sends them
+# as they are (marshal).
+_Item = tuple[int, str, Any]
 
 
 def parse(
@@ -365,6 +406,113 @@ def parse(
     rows become entries (in this process or in the parsing process)."""
     yield from (_mssante if fmt == "mssante" else _rpps)(reader, tally)
     tally.fallback_lines = reader.fallback_lines
+
+
+# Items by CHUNK_ITEMS, sorted out: (rejects as (line, reason), and for each
+# kind its rows with, beside each, the data rows read when it came out). The
+# importing process then handles a chunk with a few list operations, not
+# one step per row. Builtins only (a frame of the parsing process).
+_Chunk = tuple[list[tuple[int, str]], dict[str, tuple[list[Any], list[int]]]]
+
+
+def chunks(items: Iterator[_Item]) -> Iterator[_Chunk]:
+    """:func:`parse_rows`'s items by :data:`CHUNK_ITEMS`, sorted out by kind
+    (each kind's rows, and the rejects, stay in file order)."""
+    while True:
+        rejects: list[tuple[int, str]] = []
+        kinds: dict[str, tuple[list[Any], list[int]]] = {}
+        taken = 0
+        for rows, kind, row in itertools.islice(items, CHUNK_ITEMS):
+            taken += 1
+            if not kind:
+                rejects.append(row)
+                continue
+            found = kinds.get(kind)
+            if found is None:
+                found = kinds[kind] = ([], [])
+            found[0].append(row)
+            found[1].append(rows)
+        if not taken:
+            return
+        yield rejects, kinds
+
+
+def parse_rows(reader: ExtractionReader, fmt: Format, tally: Tally) -> Iterator[_Item]:
+    """The items of a file's rows, in file order: :func:`parse`'s entries as
+    rows (:func:`directory.sqlite.import_row`), and its rejects. The one
+    place rows become items, in this process or in the parsing process.
+
+    MSSanté rows that :func:`.mssante.fast_rows` recognises skip the entries
+    (the same rows, tested); the others take :func:`parse`'s path.
+    """
+    yield from (_mssante_rows if fmt == "mssante" else _rpps_rows)(reader, tally)
+    tally.fallback_lines = reader.fallback_lines
+
+
+_MAILBOX: Final = Kind.MAILBOX.value
+_ORGANISATION: Final = Kind.ORGANISATION.value
+
+
+def _mssante_rows(reader: ExtractionReader, tally: Tally) -> Iterator[_Item]:
+    # As _mssante, row by row: a row's organisation (the first time its
+    # structure is seen) comes before its mailbox.
+    known: set[str] = set()
+    fast = mssante.fast_rows
+    for number, item in reader:
+        tally.rows += 1
+        rows = tally.rows
+        if isinstance(item, str):
+            yield rows, "", (number, item)
+            continue
+        made = fast(item, known)
+        if made is None:
+            try:
+                row = mssante.parse_row(item, known)
+            except InvalidFieldError as exc:
+                yield rows, "", (number, str(exc))
+                continue
+            box = import_row(row.mailbox, encode_content(row.mailbox))
+            org = row.organisation
+            made = box, None if org is None else import_row(org, encode_content(org))
+        box_row, org_row = made
+        if org_row is not None:
+            known.add(org_row[0])
+            yield rows, _ORGANISATION, org_row
+        yield rows, _MAILBOX, box_row
+
+
+_PRACTITIONER: Final = Kind.PRACTITIONER.value
+
+
+def _rpps_rows(reader: ExtractionReader, tally: Tally) -> Iterator[_Item]:
+    # As _rpps: consecutive rows of one practitioner make one row (the later
+    # row's identity, the activities in first-seen order, once each).
+    fast = rpps.fast_row
+    identity: rpps.Identity | None = None
+    activities: list[rpps.ActivityValues] = []
+    for number, item in reader:
+        tally.rows += 1
+        if isinstance(item, str):
+            yield tally.rows, "", (number, item)
+            continue
+        made = fast(item)
+        if made is None:
+            try:
+                made = rpps.values_of(rpps.parse_row(item))
+            except InvalidFieldError as exc:
+                yield tally.rows, "", (number, str(exc))
+                continue
+        new_identity, activity = made
+        if identity is not None and new_identity[0] == identity[0]:
+            identity = new_identity
+            if activity not in activities:
+                activities.append(activity)
+            continue
+        if identity is not None:
+            yield tally.rows, _PRACTITIONER, rpps.practitioner_row(identity, activities)
+        identity, activities = new_identity, [activity]
+    if identity is not None:
+        yield tally.rows, _PRACTITIONER, rpps.practitioner_row(identity, activities)
 
 
 def _mssante(
@@ -428,7 +576,7 @@ class _Items:
     def __aiter__(self) -> _Items:
         return self
 
-    async def __anext__(self) -> list[_Item]:
+    async def __anext__(self) -> _Chunk:
         raise StopAsyncIteration
 
     async def aclose(self) -> None:
@@ -438,14 +586,11 @@ class _Items:
 class _HereItems(_Items):
     def __init__(self, reader: ExtractionReader, fmt: Format) -> None:
         super().__init__()
-        self._items = parse(reader, fmt, self.tally)
+        self._chunks = chunks(parse_rows(reader, fmt, self.tally))
 
-    async def __anext__(self) -> list[_Item]:
-        chunk = [
-            (rows, item, "")
-            for _, (rows, item) in zip(range(CHUNK_ITEMS), self._items, strict=False)
-        ]
-        if not chunk:
+    async def __anext__(self) -> _Chunk:
+        chunk = next(self._chunks, None)
+        if chunk is None:
             raise StopAsyncIteration
         return chunk
 
@@ -458,8 +603,11 @@ def _parse_here(reader: ExtractionReader, fmt: Format) -> _Items:
 
 
 # Frames read ahead of the writes: the parser keeps working while a batch is
-# being written (the pipe alone holds ~64 KB, a fraction of one frame).
+# being written (the pipe holds 1 MB, about one frame: see _parser).
 _READ_AHEAD_FRAMES: Final = 4
+# Buffer of the pipe's stream reader (asyncio's default is 64 KiB): a frame
+# (~1 MB) is read in a few large reads, not in pauses and resumes.
+_STREAM_LIMIT: Final = 4 * 1024 * 1024
 
 
 class _ProcessItems(_Items):
@@ -492,6 +640,7 @@ class _ProcessItems(_Items):
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             env=env,
+            limit=_STREAM_LIMIT,
         )
         assert self._process.stdout is not None  # noqa: S101 - stdout=PIPE
         self._reader = asyncio.create_task(self._read(self._process.stdout))
@@ -508,7 +657,7 @@ class _ProcessItems(_Items):
                 return
         await self._frames.put(None)  # end of stream
 
-    async def __anext__(self) -> list[_Item]:
+    async def __anext__(self) -> _Chunk:
         if self._done:
             raise StopAsyncIteration
         if self._process is None:
@@ -527,12 +676,8 @@ class _ProcessItems(_Items):
             self.tally.rows = payload["rows"]
             self.tally.fallback_lines = payload["fallback_lines"]
             raise StopAsyncIteration
-        return [
-            (item[0], Reject(item[1], item[2]), "")
-            if len(item) == 3
-            else (item[0], entry_from_values(_KINDS[item[1]], item[2]), item[3])
-            for item in payload
-        ]
+        chunk: _Chunk = payload
+        return chunk
 
     async def aclose(self) -> None:
         process = self._process
@@ -560,16 +705,21 @@ async def _feed(
 ) -> None:
     """Send parsed items to their batchers; progress after each main batch."""
     main = batchers[report.main]
-    async for chunk in items:
-        for rows, item, content in chunk:
-            report.rows = rows
-            if isinstance(item, Reject):
-                report.reject(item.line, item.reason)
-                continue
-            batcher = batchers[kind_of(item)]
-            sent = await batcher.add(item, content)
-            if sent and batcher is main and progress is not None:
-                progress(rows)
+    by_kind = {kind.value: batcher for kind, batcher in batchers.items()}
+    async for rejects, kinds in items:
+        for line, reason in rejects:
+            report.reject(line, reason)
+        for kind, (rows, read) in kinds.items():
+            batcher = by_kind[kind]
+            start = 0
+            while start < len(rows):
+                room = batcher.size - len(batcher.pending)
+                batcher.pending += rows[start : start + room]
+                start += room
+                if len(batcher.pending) >= batcher.size:
+                    await batcher.send()
+                    if batcher is main and progress is not None:
+                        progress(read[start - 1])  # rows read when it filled
     report.rows = items.tally.rows
     report.fallback_lines = items.tally.fallback_lines
     for batcher in batchers.values():

@@ -31,8 +31,10 @@ Mapping (one row = one BAL):
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from directory import identifiers as ids
 from directory.errors import InvalidFieldError
@@ -47,6 +49,8 @@ from directory.model import (
 
 if TYPE_CHECKING:
     from collections.abc import Container
+
+    from directory.sqlite import ImportRow
 
 COLUMNS: Final = (
     "Type de BAL",
@@ -222,3 +226,134 @@ def parse_row(
             source=SOURCE_MSSANTE,
         )
     return MssanteRow(mailbox, organisation)
+
+
+# --- rows straight from the fields -------------------------------------------
+#
+# fast_rows is parse_row followed by directory.sqlite.import_row, for the
+# rows it recognises as plainly valid, without building the entries: the
+# content text is written field by field in encode_content's key order and
+# format. Anything unusual returns None and the caller takes parse_row,
+# which accepts or rejects the row with its reason. tests/directory/
+# test_import_rows.py checks that both give the same rows.
+
+_QUOTE: Final = json.encoder.encode_basestring  # JSON string, ensure_ascii=False
+_BLAKE2B: Final = hashlib.blake2b
+
+
+# Raw "Type de BAL" -> (BAL type, a practitioner's box even with a structure,
+# a practitioner's box without one).
+_FAST_BAL: Final = {
+    t.value: (t.value, t is BalType.PER, t in (BalType.PER, BalType.CAB))
+    for t in BalType
+}
+_PRACTITIONER: Final = OwnerKind.PRACTITIONER.value
+_ORGANISATION: Final = OwnerKind.ORGANISATION.value
+# Values that repeat from row to row, by the raw field(s), valid ones only:
+# (type, id) -> national structure id ("" when unsupported; tens of thousands
+# of structures), domain -> canonical domain (hundreds), civility -> title.
+_STRUCTURES: dict[tuple[str, str], str] = {}
+_DOMAINS: dict[str, str] = {}
+_TITLES: dict[str, str] = {}
+_MAX_REMEMBERED: Final = 65536  # per cache; a full cache starts again
+
+
+def _remember(cache: dict[Any, str], key: object, value: str) -> None:
+    if len(cache) >= _MAX_REMEMBERED:
+        cache.clear()
+    cache[key] = value
+
+
+def fast_rows(
+    fields: list[str], known_structures: Container[str]
+) -> tuple[ImportRow, ImportRow | None] | None:
+    """The mailbox row and, when the structure is new and named, the
+    organisation row of one row; None when the row needs :func:`parse_row`."""
+    bal = _FAST_BAL.get(fields[BAL_TYPE])
+    if bal is None:  # unknown, or written otherwise ("per ", ...)
+        return None
+    bal_type, per, practitioner_without_structure = bal
+    pair = (fields[STRUCTURE_ID_TYPE], fields[STRUCTURE_ID])
+    structure = _STRUCTURES.get(pair)
+    local, at, domain = fields[ADDRESS].rpartition("@")
+    canonical_domain = _DOMAINS.get(domain)
+    try:
+        if structure is None:
+            structure = structure_id(*pair)
+            _remember(_STRUCTURES, pair, structure)
+        if canonical_domain is None:
+            canonical_domain = ids.domain(domain)
+            _remember(_DOMAINS, domain, canonical_domain)
+    except InvalidFieldError:
+        return None
+    # ids.address, for a plain local part (anything else: parse_row).
+    if not (
+        at
+        and len(local) <= ids.MAX_LOCAL_PART_LENGTH
+        and ids.is_plain_local_part(local)
+    ):
+        return None
+    address = local + "@" + canonical_domain
+    service = fields[SERVICE].strip()
+    company = fields[COMPANY_NAME].strip()
+    if per or (practitioner_without_structure and not structure):
+        owner = fields[PP_NATIONAL_ID].strip()
+        # 8 + RPPS only (ADELI and the other spellings go to parse_row).
+        if not (len(owner) == 12 and owner[0] == "8" and ids.is_rpps(owner[1:])):
+            return None
+        owner_kind = _PRACTITIONER
+        civility = fields[CIVILITY]
+        title = _TITLES.get(civility)
+        if title is None:
+            stripped = civility.strip()
+            title = CIVILITY_TITLE.get(stripped.upper(), stripped)
+            _remember(_TITLES, civility, title)
+        first = fields[FIRST_NAME].strip()
+        last = fields[LAST_NAME].strip()
+        if title and first and last:
+            display = f"{title} {first} {last}"
+        else:
+            display = _join(title, first, last)
+    elif structure:
+        owner, owner_kind = structure, _ORGANISATION
+        if service and company:
+            display = f"{service} - {company}"
+        else:
+            display = service or company
+    else:
+        return None
+    profession = fields[PROFESSION].strip()
+    # owner and structure are validated ids (digits, A, B): nothing to escape.
+    content = (
+        f'{{"address":{_QUOTE(address)},"bal_type":"{bal_type}",'
+        f'"certificates":[],"display_name":{_QUOTE(display)},"kind":"mailbox",'
+        f'"owner_id":"{owner}","owner_kind":"{owner_kind}","pgp_key":"",'
+        f'"prefers_pgp":false,"profession":{_QUOTE(profession)},"published":true,'
+        f'"service":{_QUOTE(service)},"structure_id":"{structure}"}}'
+    )
+    mailbox = (
+        address,
+        content,
+        _BLAKE2B(content.encode(), digest_size=16).hexdigest(),  # digest_of
+        None,
+        owner,
+        None,
+        f"{address} {display} {service} {owner}".lower(),
+    )
+    organisation = None
+    if structure and company and structure not in known_structures:
+        trade = fields[TRADE_NAME].strip()
+        content = (
+            f'{{"kind":"organisation","name":{_QUOTE(company)},'
+            f'"structure_id":"{structure}","trade_name":{_QUOTE(trade)}}}'
+        )
+        organisation = (
+            structure,
+            content,
+            _BLAKE2B(content.encode(), digest_size=16).hexdigest(),
+            None,
+            None,
+            None,
+            f"{structure} {company} {trade}".lower(),
+        )
+    return mailbox, organisation

@@ -24,12 +24,19 @@ What must stay true:
 from __future__ import annotations
 
 import dataclasses
-from typing import Final
+import hashlib
+import json
+from typing import TYPE_CHECKING, Final
 
 from directory import identifiers as ids
 from directory.errors import InvalidFieldError
 from directory.importers._reader import Layout
 from directory.model import SOURCE_RPPS, Activity, Entry, Practitioner
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from directory.sqlite import ImportRow
 
 COLUMNS: Final = (
     "Type d'identifiant PP",
@@ -180,3 +187,108 @@ def merge(earlier: Entry, later: Entry) -> Entry:
     seen = dict.fromkeys(earlier.activities)
     seen.update(dict.fromkeys(later.activities))
     return dataclasses.replace(later, activities=tuple(seen), status=earlier.status)
+
+
+# --- rows straight from the fields -------------------------------------------
+#
+# As for the MSSanté file (see directory.importers.mssante.fast_rows): the
+# runner groups a practitioner's consecutive rows as (identity, activities)
+# and makes its row once, without building entries; fast_row steps aside
+# (None) for anything but plainly valid rows, which parse_row then takes.
+# tests/directory/test_import_rows.py checks that both give the same rows.
+
+Identity = tuple[str, str, str, str, str, str, str, str]
+"""national_id, last_name, first_name, civility, profession_code,
+profession, specialty_code, specialty."""
+ActivityValues = tuple[str, str, str, str]
+"""structure_id, structure_name, mode, role (:class:`Activity`'s order)."""
+
+_QUOTE: Final = json.encoder.encode_basestring  # JSON string, ensure_ascii=False
+_BLAKE2B: Final = hashlib.blake2b
+
+
+def fast_row(fields: list[str]) -> tuple[Identity, ActivityValues] | None:
+    """One row as :func:`parse_row` reads it, or None when it needs that."""
+    nid = fields[NATIONAL_ID].strip() or fields[ID_TYPE].strip() + fields[PP_ID].strip()
+    first = nid[:1]
+    if not (
+        (first == "8" and ids.is_rpps(nid[1:]))
+        or (first == "0" and ids.is_adeli(nid[1:]))
+    ):
+        return None
+    last_name = fields[LAST_NAME].strip()
+    if not last_name:
+        return None
+    finess = fields[FINESS].strip()
+    siret = fields[SIRET].strip()
+    try:
+        if finess:
+            structure = "1" + ids.finess(finess)
+        elif siret:
+            structure = "3" + ids.siret(siret)
+        else:
+            structure = ""
+    except InvalidFieldError:
+        return None
+    return (
+        nid,
+        last_name,
+        fields[FIRST_NAME].strip(),
+        fields[CIVILITY].strip(),
+        fields[PROFESSION_CODE].strip(),
+        fields[PROFESSION].strip(),
+        fields[SPECIALTY_CODE].strip(),
+        fields[SPECIALTY].strip(),
+    ), (
+        structure,
+        fields[SITE_NAME].strip(),
+        fields[MODE].strip(),
+        fields[ROLE].strip(),
+    )
+
+
+def values_of(practitioner: Practitioner) -> tuple[Identity, ActivityValues]:
+    """What :func:`fast_row` gives, from :func:`parse_row`'s entry."""
+    p = practitioner
+    a = p.activities[0]
+    return (
+        p.national_id,
+        p.last_name,
+        p.first_name,
+        p.civility,
+        p.profession_code,
+        p.profession,
+        p.specialty_code,
+        p.specialty,
+    ), (a.structure_id, a.structure_name, a.mode, a.role)
+
+
+def practitioner_row(
+    identity: Identity, activities: Sequence[ActivityValues]
+) -> ImportRow:
+    """The :data:`~directory.sqlite.ImportRow` of a practitioner: the same
+    as :func:`directory.sqlite.import_row` of the merged entry."""
+    nid, last, first, civility, pcode, profession, scode, specialty = identity
+    q = _QUOTE
+    listed = ",".join(
+        f'{{"mode":{q(mode)},"role":{q(role)},"structure_id":"{structure}",'
+        f'"structure_name":{q(name)}}}'
+        for structure, name, mode, role in activities
+    )
+    # nid and structure ids are validated (digits, A, B): nothing to escape.
+    content = (
+        f'{{"activities":[{listed}],"civility":{q(civility)},'
+        f'"first_name":{q(first)},"kind":"practitioner","last_name":{q(last)},'
+        f'"national_id":"{nid}","profession":{q(profession)},'
+        f'"profession_code":{q(pcode)},"specialty":{q(specialty)},'
+        f'"specialty_code":{q(scode)}}}'
+    )
+    return (
+        nid,
+        content,
+        _BLAKE2B(content.encode(), digest_size=16).hexdigest(),  # digest_of
+        None,
+        None,
+        None,
+        f"{nid} {last} {first} {profession}".lower(),
+    )

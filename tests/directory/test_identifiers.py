@@ -202,3 +202,19 @@ def test_fingerprint_forms() -> None:
     assert ids.sha256_fingerprint(fp) == "ab" * 32
     with pytest.raises(InvalidFieldError, match="SHA-256"):
         ids.sha256_fingerprint("abc")
+
+
+@given(st.text(alphabet="ab9.-_+é!", max_size=8))
+def test_plain_local_part_is_a_subset_of_the_dot_atom_rule(local: str) -> None:
+    if local and ids.is_plain_local_part(local):
+        assert ids.address(f"{local}@example.fr") == f"{local}@example.fr"
+
+
+@given(st.text(alphabet="0123456789 a", min_size=8, max_size=12))
+def test_is_rpps_and_is_adeli_agree_with_the_validators(value: str) -> None:
+    for check, validate in ((ids.is_rpps, ids.rpps), (ids.is_adeli, ids.adeli)):
+        try:
+            valid = validate(value) == value
+        except InvalidFieldError:
+            valid = False
+        assert check(value) == valid

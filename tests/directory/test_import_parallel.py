@@ -110,9 +110,10 @@ def test_parser_frames_end_with_the_row_count(tmp_path: Path) -> None:
 
     *data, last = frames(out.getvalue())
     assert last == {"rows": 120, "fallback_lines": 0}
-    items = [item for frame in data for item in frame]
-    assert {item[1] for item in items} == {"mailbox", "organisation"}
-    assert items[-1][0] == 120  # rows read when the last entry came out
+    kinds = {kind for _, by_kind in data for kind in by_kind}
+    assert kinds == {"mailbox", "organisation"}
+    _, by_kind = data[-1]
+    assert by_kind["mailbox"][1][-1] == 120  # rows read when the last entry came out
 
 
 def test_parser_reports_an_unreadable_file_as_failed(tmp_path: Path) -> None:
