@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Final
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from bench.figures import Figure
 from mssante.crypto import Recipient, TrustStore, sign_and_encrypt, unwrap
 from mssante.crypto.testpki import TestPKI
 
@@ -49,22 +49,8 @@ SENDER: Final = "alice.martin@hopital.mssante.test"
 RECIPIENT: Final = "bob.durand@cabinet.mssante.test"
 
 
-@dataclass(frozen=True, slots=True)
-class Figure:
-    metric: str
-    ours: float
-    ref: float
-    unit: str = "ms"
-
-    @property
-    def ratio(self) -> float:
-        return self.ours / self.ref if self.ref else float("inf")
-
-    def line(self) -> str:
-        return (
-            f"BENCH crypto {self.metric} ours={self.ours:.4g} ref={self.ref:.4g}"
-            f" ratio={self.ratio:.3g} unit={self.unit}"
-        )
+def _figure(metric: str, ours: float, ref: float, unit: str = "ms") -> Figure:
+    return Figure("crypto", metric, ours, ref, unit)
 
 
 def message(size: int) -> bytes:
@@ -204,14 +190,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
 
             figures.append(
-                Figure(
+                _figure(
                     f"sign_encrypt_{name}",
                     median_ms(ours_seal, repeat),
                     median_ms(ref_seal, repeat),
                 )
             )
             figures.append(
-                Figure(
+                _figure(
                     f"decrypt_verify_{name}",
                     median_ms(ours_open, repeat),
                     median_ms(ref_open, repeat),

@@ -68,6 +68,7 @@ from cryptography.hazmat.primitives import hashes
 
 from bench import generate
 from bench.dns_server import LoopbackDns
+from bench.figures import Figure
 from bench.smtp import (
     CHEAP_AUTH,
     DEFAULT_MESSAGES,
@@ -627,22 +628,8 @@ def postfix_pair(
 # --- report ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Figure:
-    metric: str
-    ours: float
-    ref: float
-    unit: str = "msg/s"
-
-    @property
-    def ratio(self) -> float:
-        return self.ours / self.ref if self.ref else float("inf")
-
-    def line(self) -> str:
-        return (
-            f"BENCH delivery {self.metric} ours={self.ours:.4g} ref={self.ref:.4g}"
-            f" ratio={self.ratio:.3g} unit={self.unit}"
-        )
+def _figure(metric: str, ours: float, ref: float, unit: str = "msg/s") -> Figure:
+    return Figure("delivery", metric, ours, ref, unit)
 
 
 def report(results: Sequence[Result], notes: Sequence[str]) -> list[Figure]:
@@ -667,7 +654,7 @@ def report(results: Sequence[Result], notes: Sequence[str]) -> list[Figure]:
     for note in notes:
         print(f"note: {note}")
     figures = [
-        Figure(f"transfer_{size}", mine.rate, ref.rate)
+        _figure(f"transfer_{size}", mine.rate, ref.rate)
         for size in SIZES
         if (mine := by.get(("ours", size))) is not None
         and (ref := by.get(("postfix", size))) is not None

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from bench import generate
+from bench.figures import Figure
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -55,23 +56,8 @@ DEFAULT_LOOKUPS: Final = 2000
 DEFAULT_LDAP_ROWS: Final = 20_000  # ldap3 adds one entry per round trip
 
 
-@dataclass(frozen=True, slots=True)
-class Figure:
-    metric: str
-    ours: float
-    ref: float
-    unit: str
-    note: str = ""
-
-    @property
-    def ratio(self) -> float:
-        return self.ours / self.ref if self.ref else float("inf")
-
-    def line(self) -> str:
-        return (
-            f"BENCH directory {self.metric} ours={self.ours:.4g} ref={self.ref:.4g}"
-            f" ratio={self.ratio:.3g} unit={self.unit}"
-        )
+def _figure(metric: str, ours: float, ref: float, unit: str, note: str = "") -> Figure:
+    return Figure("directory", metric, ours, ref, unit, note)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,8 +237,8 @@ async def lookups(db: Path, n: int, seed: int = 3) -> list[Figure]:
                 continue
             ours = _percentiles(await _time_async(call, keys))
             ref = _percentiles(_time_sync(raw, sql, keys))
-            figures.append(Figure(f"{metric}_p50_sqlite", ours[0], ref[0], "us"))
-            figures.append(Figure(f"{metric}_p99_sqlite", ours[1], ref[1], "us"))
+            figures.append(_figure(f"{metric}_p50_sqlite", ours[0], ref[0], "us"))
+            figures.append(_figure(f"{metric}_p99_sqlite", ours[1], ref[1], "us"))
     finally:
         await d.close()
         raw.close()
@@ -317,7 +303,7 @@ async def ldap_figures(work: Path, mssante_file: Path, sqlite_db: Path) -> list[
             msg = f"ldapadd failed: {done.stderr[-2000:]}"
             raise RuntimeError(msg)
     return [
-        Figure("import_mssante_ldap_seconds", ours, ref, "s", f"{report.rows} rows")
+        _figure("import_mssante_ldap_seconds", ours, ref, "s", f"{report.rows} rows")
     ]
 
 
@@ -367,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
                 "raw-sqlite", str(path), str(work / f"raw-{fmt}.sqlite3"), str(columns)
             )
             figures.append(
-                Figure(
+                _figure(
                     f"import_{fmt}_sqlite_seconds",
                     ours.seconds,
                     ref.seconds,
@@ -376,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             )
             figures.append(
-                Figure(
+                _figure(
                     f"import_{fmt}_sqlite_cpu_seconds",
                     ours.cpu_seconds,
                     ref.cpu_seconds,
@@ -385,7 +371,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             )
             figures.append(
-                Figure(
+                _figure(
                     f"import_{fmt}_sqlite_peak_rss",
                     ours.peak_rss_mb,
                     ref.peak_rss_mb,
@@ -395,7 +381,7 @@ def run(args: argparse.Namespace) -> int:
             )
             if again is not None:  # the same file again: every entry unchanged
                 figures.append(
-                    Figure(
+                    _figure(
                         f"reimport_{fmt}_sqlite_seconds",
                         again.seconds,
                         ref.seconds,
@@ -404,7 +390,7 @@ def run(args: argparse.Namespace) -> int:
                     )
                 )
                 figures.append(
-                    Figure(
+                    _figure(
                         f"reimport_{fmt}_sqlite_cpu_seconds",
                         again.cpu_seconds,
                         ref.cpu_seconds,

@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from bench import generate
+from bench.figures import Figure
 from bench.smtp import (
     REPO,
     BenchError,
@@ -990,22 +991,8 @@ def measure(
 # --- report --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Figure:
-    metric: str
-    ours: float
-    ref: float
-    unit: str
-
-    @property
-    def ratio(self) -> float:
-        return self.ours / self.ref if self.ref else float("inf")
-
-    def line(self) -> str:
-        return (
-            f"BENCH imap {self.metric} ours={self.ours:.4g} ref={self.ref:.4g}"
-            f" ratio={self.ratio:.3g} unit={self.unit}"
-        )
+def _figure(metric: str, ours: float, ref: float, unit: str) -> Figure:
+    return Figure("imap", metric, ours, ref, unit)
 
 
 def _rates(m: Measured) -> dict[str, tuple[float, str]]:
@@ -1045,12 +1032,14 @@ def report(measured: list[Measured], notes: list[str]) -> list[Figure]:
         values = [rates[s][metric][0] for s in servers]
         row = (metric, unit, *(f"{v:.1f}" for v in values))
         if len(servers) == 2:
-            figure = Figure(metric, values[0], values[1], unit)
+            figure = _figure(metric, values[0], values[1], unit)
             figures.append(figure)
             row = (*row, f"{figure.ratio:.2f}x")
         rows.append(row)
     if len(servers) == 2 and (cheap := by["dovecot"].cheap_login_rate) is not None:
-        figure = Figure("logins_vs_cheap_ref", by["ours"].login_rate, cheap, "logins/s")
+        figure = _figure(
+            "logins_vs_cheap_ref", by["ours"].login_rate, cheap, "logins/s"
+        )
         figures.insert(1, figure)
         rows.insert(
             2,

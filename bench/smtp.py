@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from bench import generate
+from bench.figures import Figure
 from mssante.crypto.testpki import TestPKI
 
 if TYPE_CHECKING:
@@ -805,22 +806,8 @@ def measure_server(
 # --- report --------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Figure:
-    metric: str
-    ours: float
-    ref: float
-    unit: str = "msg/s"
-
-    @property
-    def ratio(self) -> float:
-        return self.ours / self.ref if self.ref else float("inf")
-
-    def line(self) -> str:
-        return (
-            f"BENCH smtp {self.metric} ours={self.ours:.4g} ref={self.ref:.4g}"
-            f" ratio={self.ratio:.3g} unit={self.unit}"
-        )
+def _figure(metric: str, ours: float, ref: float, unit: str = "msg/s") -> Figure:
+    return Figure("smtp", metric, ours, ref, unit)
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
@@ -858,10 +845,10 @@ def report(results: list[Result], notes: list[str]) -> list[Figure]:
         if mine is None:
             continue
         if (ref := by.get(("postfix", size))) is not None:
-            figures.append(Figure(f"accept_store_{size}", mine.rate, ref.rate))
+            figures.append(_figure(f"accept_store_{size}", mine.rate, ref.rate))
         if (floor := by.get(("sink", size))) is not None:
             figures.append(
-                Figure(f"accept_store_{size}_vs_sink", mine.rate, floor.rate)
+                _figure(f"accept_store_{size}_vs_sink", mine.rate, floor.rate)
             )
     goal = [f for f in figures if not f.metric.endswith("_vs_sink")]
     if goal:
