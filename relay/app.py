@@ -68,6 +68,8 @@ STORE_DIR_NAME: Final = "mail"
 # With acceptor processes, how often the relay looks for their spool files.
 SPOOL_POLL_INTERVAL: Final = 0.02
 ACCEPTOR_START_TIMEOUT: Final = 60.0
+# How long shutdown waits for messages between DATA and their reply.
+SETTLE_TIMEOUT: Final = 30.0
 
 
 class RelayError(Exception):
@@ -228,6 +230,7 @@ class Acceptance:
     servers: list[asyncio.Server]
     plain_ctx: ssl.SSLContext
     throttle: LoginThrottle
+    handler: RelayHandler | None = None  # set once the listeners are up
 
 
 @contextlib.asynccontextmanager
@@ -316,7 +319,8 @@ async def accepting(
             remote_delivery=cfg.delivery.enabled,
             patients=cfg.patients,
         )
-        await _smtp_listeners(cfg, RelayHandler(ctx), acceptance, ports, reuse_port)
+        acceptance.handler = RelayHandler(ctx)
+        await _smtp_listeners(cfg, acceptance.handler, acceptance, ports, reuse_port)
         try:
             yield acceptance
         finally:
@@ -324,6 +328,9 @@ async def accepting(
                 server.close()
             for server in acceptance.servers:
                 await server.wait_closed()
+            # Messages in DATA get their reply before the spool and the audit
+            # trail close (SIGTERM: stop accepting, finish transactions).
+            await acceptance.handler.settled(within=SETTLE_TIMEOUT)
 
 
 async def _smtp_listeners(
@@ -632,5 +639,7 @@ async def run_relay(
                 await imap_handler.close_connections()
             for server in running.servers:
                 await server.wait_closed()
+            if acceptance.handler is not None:
+                await acceptance.handler.settled(within=drain_timeout)
             await delivery.drain(within=drain_timeout)
             audit.emit(AuditEvent.RELAY_STOPPED)

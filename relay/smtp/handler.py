@@ -172,6 +172,9 @@ class RelayHandler:
 
     def __init__(self, ctx: HandlerContext) -> None:
         self._ctx = ctx
+        self._in_data = 0
+        self._settled = asyncio.Event()
+        self._settled.set()
 
     # -- any command ---------------------------------------------------------
 
@@ -569,6 +572,29 @@ class RelayHandler:
         return str(decision.reply)
 
     async def handle_DATA(
+        self, server: RelaySMTP, session: Session, envelope: RelayEnvelope
+    ) -> str:
+        # Counted, so that a shutdown lets a message being spooled get its
+        # reply before the spool and the audit trail close.
+        self._in_data += 1
+        self._settled.clear()
+        try:
+            return await self._handle_data(server, session, envelope)
+        finally:
+            self._in_data -= 1
+            if not self._in_data:
+                self._settled.set()
+
+    async def settled(self, *, within: float) -> bool:
+        """Wait until no message is between its DATA and its reply."""
+        try:
+            async with asyncio.timeout(within):
+                await self._settled.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _handle_data(
         self, server: RelaySMTP, session: Session, envelope: RelayEnvelope
     ) -> str:
         data = envelope.original_content or b""
