@@ -68,10 +68,14 @@ class DnsResolver:
         timeout: float = DEFAULT_DNS_TIMEOUT,
         rng: random.Random | None = None,
     ) -> None:
-        # No nameservers: the system's (/etc/resolv.conf).
-        self._resolver = dns.asyncresolver.Resolver(configure=not nameservers)
-        if nameservers:
-            self._resolver.nameservers = list(nameservers)
+        # No nameservers: the system's (/etc/resolv.conf). A machine without
+        # one gets a resolver with none: every lookup is then a temporary
+        # failure (mail waits in the queue), not a relay that cannot start.
+        try:
+            self._resolver = dns.asyncresolver.Resolver(configure=not nameservers)
+        except dns.resolver.NoResolverConfiguration:
+            self._resolver = dns.asyncresolver.Resolver(configure=False)
+        self._resolver.nameservers = list(nameservers or self._resolver.nameservers)
         self._resolver.port = port
         self._resolver.lifetime = timeout
         self._rng = rng or random.Random()  # noqa: S311 - load spreading, not secrecy
