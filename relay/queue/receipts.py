@@ -116,7 +116,11 @@ class ReadReceipts:
         info = self._store.message(address, "INBOX", uid)
         if MDN_SENT in info.flags or SEEN not in info.flags:
             return False
-        message = self._store.fetch(address, "INBOX", uid)
+        # The sealed header is enough (RFC 8098 §3.2: an MDN returns headers
+        # at most): no message file is read or decrypted.
+        message = self._store.headers(address, "INBOX", [uid]).get(uid)
+        if message is None:
+            return False  # expunged meanwhile
         to = _receipt_address(message)
         if to is None:
             return False
@@ -161,12 +165,9 @@ class ReadReceipts:
         return True
 
 
-def _receipt_address(message: bytes) -> str | None:
+def _receipt_address(header: bytes) -> str | None:
     """Where the MDN goes, when the relay may send it without asking."""
-    head_end = message.find(b"\r\n\r\n")
-    headers = BytesHeaderParser(policy=compat32).parsebytes(
-        message[: head_end + 4] if head_end >= 0 else message
-    )
+    headers = BytesHeaderParser(policy=compat32).parsebytes(header)
     content_type = str(headers.get("Content-Type", "")).lower()
     if content_type.startswith("multipart/report"):
         return None  # RFC 8098 §2.1, RFC 3461 §6.2: never a report about a report

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from mssante import SmtpConnection, Timeouts, TransportError
-from mssante.proto.smtp import Capabilities, Reply, data_payload, ehlo, mail_from
+from mssante.proto.smtp import Capabilities, data_payload, ehlo, mail_from
 from mssante.proto.smtp import rcpt_to as rcpt_command
 from relay.queue.notices import orcpt_address
-from relay.tls import PeerCertificate, peer_certificate
+from relay.tls import PeerCertificate, describe, peer_certificate
 
 if TYPE_CHECKING:
     import ssl
@@ -65,10 +65,6 @@ class RecipientReply:
         if len(parts) > 1 and parts[1][:1] in "245" and parts[1].count(".") == 2:
             return parts[1]
         return {2: "2.0.0", 4: "4.0.0"}.get(self.code // 100, "5.0.0")
-
-
-def _reply_text(reply: Reply) -> str:
-    return str(reply)  # "550 5.1.1 text", the enhanced code kept
 
 
 class RemoteSession:
@@ -114,9 +110,7 @@ class RemoteSession:
                 )
             reply = await conn.command(b"STARTTLS\r\n")
             if reply.code != 220:
-                raise SessionError(
-                    f"451 4.7.4 {host.name} refused STARTTLS: {_reply_text(reply)}"
-                )
+                raise SessionError(f"451 4.7.4 {host.name} refused STARTTLS: {reply!s}")
             await conn.starttls(tls)
             refusal = await check_peer(peer_certificate(conn.ssl_object))
             if refusal is not None:
@@ -137,18 +131,12 @@ class RemoteSession:
     ) -> Capabilities:
         reply = await conn.command(ehlo(helo_name))
         if reply.code != 250:
-            raise SessionError(
-                f"451 4.4.2 {host.name} refused EHLO: {_reply_text(reply)}"
-            )
+            raise SessionError(f"451 4.4.2 {host.name} refused EHLO: {reply!s}")
         return Capabilities.from_reply(reply)
 
     @property
     def tls(self) -> str:
-        obj = self._conn.ssl_object
-        if obj is None:
-            return ""
-        cipher = obj.cipher()
-        return f"{obj.version()} {cipher[0]}" if cipher else str(obj.version())
+        return describe(self._conn.ssl_object)
 
     async def close(self) -> None:
         await _quit(self._conn)
@@ -218,7 +206,7 @@ class RemoteSession:
                 await conn.send(b".\r\n")
                 await conn.read_final_reply()
             await conn.command(b"RSET\r\n")
-            text = _reply_text(mail_reply)
+            text = str(mail_reply)
             return [
                 RecipientReply(r.address, mail_reply.code, text) for r in recipients
             ]
@@ -228,7 +216,7 @@ class RemoteSession:
             if reply.positive
         ]
         results = {
-            r.address: RecipientReply(r.address, reply.code, _reply_text(reply))
+            r.address: RecipientReply(r.address, reply.code, str(reply))
             for r, reply in zip(recipients, rcpt_replies, strict=True)
             if not reply.positive
         }
@@ -249,7 +237,7 @@ class RemoteSession:
         else:
             await conn.send(payload)
             final = await conn.read_final_reply()
-        text = _reply_text(final)
+        text = str(final)
         for r, _ in accepted:
             results[r.address] = RecipientReply(
                 r.address, final.code, text, remote_dsn=dsn and final.positive
