@@ -278,6 +278,25 @@ def address(value: str, field: str = "address") -> str:
     return f"{local}@{canonical_domain}"
 
 
+_E164 = re.compile(r"\+[1-9][0-9]{7,14}")
+
+
+def phone(value: str, field: str = "phone") -> str:
+    """A telephone number in E.164 form (``+33612345678``).
+
+    French national numbers (``06 12 34 56 78``, ``0612345678``) are taken as
+    +33; spaces, dots and dashes are ignored.
+    """
+    v = re.sub(r"[\s.\-()]", "", value)
+    if v.startswith("00"):
+        v = "+" + v[2:]
+    elif len(v) == 10 and v.startswith("0") and v.isdigit():
+        v = "+33" + v[1:]
+    if not _E164.fullmatch(v):
+        raise InvalidFieldError(field, value, "not a telephone number (E.164, +33...)")
+    return v
+
+
 def address_domain(canonical_address: str) -> str:
     """The domain of an address already in canonical form."""
     return canonical_address.rpartition("@")[2]

@@ -218,6 +218,8 @@ _FIELDS: Final[Mapping[Kind, tuple[tuple[str, str, Codec], ...]]] = {
         ("blocked_senders", "mssBlockedSender", _S),
         ("care_relationships", "mssCareRelationship", _Q),
         ("proxies", "mssProxyGrant", _Q),
+        ("contact_email", "mssContactEmail", _T),
+        ("contact_phone", "mssContactPhone", _T),
         *_COMMON,
     ),
     Kind.DELEGATION: (

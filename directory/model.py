@@ -320,11 +320,23 @@ class Patient:
     blocked_senders: tuple[str, ...] = ()
     care_relationships: tuple[CareRelationship, ...] = ()
     proxies: tuple[ProxyGrant, ...] = ()
+    # The patient's ordinary contact, told (without health data) that a secure
+    # message waits, and used for account activation and recovery.
+    contact_email: str = ""
+    contact_phone: str = ""  # E.164
     status: Status = Status.ACTIVE
     source: str = SOURCE_MANUAL
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ins", ids.ins(self.ins))
+        if self.contact_email:
+            object.__setattr__(
+                self, "contact_email", ids.address(self.contact_email, "contact_email")
+            )
+        if self.contact_phone:
+            object.__setattr__(
+                self, "contact_phone", ids.phone(self.contact_phone, "contact_phone")
+            )
         # The production check is the caller's (it knows the mode): see
         # directory.identifiers.ins_oid(production=True).
         object.__setattr__(self, "ins_oid", ids.ins_oid(self.ins_oid, production=False))
