@@ -46,6 +46,7 @@ def run_send(ctx: Context, args: argparse.Namespace) -> int:
         body=args.body,
         read_receipt=args.read_receipt,
         end_of_thread=args.end_thread,
+        copy_treating_doctor=args.copy_treating_doctor,
     )
     host, port = _server(args.server)
     password = _read("--password-file", args.password_file).decode("utf-8").rstrip("\n")
@@ -95,6 +96,11 @@ def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--body", default="", help="the text of the message")
     p.add_argument("--read-receipt", action="store_true", help="ask for an MDN")
     p.add_argument("--end-thread", action="store_true", help="X-MSS-MES: FIN")
+    p.add_argument(
+        "--copy-treating-doctor",
+        action="store_true",
+        help="ask the relay to copy the patient's declared treating doctor",
+    )
     p.add_argument("--login", help="login (default: the sender address)")
     p.add_argument("--password-file", type=Path, required=True)
     p.add_argument("--ca-file", type=Path, help="trust anchors (default: the system's)")

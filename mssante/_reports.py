@@ -40,6 +40,7 @@ def report_from_cda(
     read_receipt: bool = False,
     end_of_thread: bool = False,
     sender_name: str | None = None,
+    copy_treating_doctor: bool = False,
 ) -> Report:
     """The report carrying ``cda`` (and its PDF rendition) to ``to``.
 
@@ -48,6 +49,8 @@ def report_from_cda(
             guard against attaching the wrong patient's document).
         qualified: the INS was checked against the national teleservice
             (``X-MSS-INS: O``); needs the birth place in the CDA.
+        copy_treating_doctor: ask the patient's relay to copy the report to
+            the patient's declared treating doctor.
     """
     header = parse_cda(cda)
     if len(header.patients) != 1:
@@ -103,4 +106,5 @@ def report_from_cda(
         body=body,
         read_receipt=read_receipt,
         end_of_thread=end_of_thread,
+        copy_treating_doctor=copy_treating_doctor,
     )

@@ -36,6 +36,13 @@ Rules, in the order the SMTP transaction meets them:
 - **Header From (DATA).** Every ``From:`` address must be one the account may
   send as; when the account is not the owner, ``Sender:`` names the account
   (the relay adds it when missing and refuses another value).
+- **Copy to the treating doctor (DATA).** A professional writing to a
+  patient may ask (``X-MSSante-Copy-Treating: yes``) that the patient's
+  declared treating doctor get a copy. The doctor's mailbox must pass the
+  recipient rules like any recipient (listed, active; on MX, local only); a
+  patient who declared none gets the message alone. The sender is never told
+  who the doctor is or whether there is one: the choice is recorded in the
+  audit trail.
 - **S/MIME signature (DATA).** A signed message whose signature verifies is
   accepted. One that does not is refused (``550 5.7.7`` for an altered
   message, ``550 5.7.5`` for a signer the relay cannot trust), or accepted
@@ -609,3 +616,23 @@ def closes_thread(subject: str | None, mss_mes: str | None) -> bool:
     if mss_mes is not None and mss_mes.strip().upper() == "FIN":
         return True
     return subject is not None and "[FIN]" in subject.upper()
+
+
+# -- Copy to the treating doctor -------------------------------------------
+
+COPY_TREATING_HEADER: Final = "X-MSSante-Copy-Treating"
+_YES: Final = frozenset({"yes", "oui", "true", "1"})
+
+
+def asks_treating_copy(value: str | None) -> bool:
+    """Whether the message's ``X-MSSante-Copy-Treating`` field asks for a copy."""
+    return value is not None and value.strip().lower() in _YES
+
+
+def treating_doctor(patient: Patient) -> str:
+    """The party the patient declared as treating doctor (the most recent
+    declaration), or ``""``: a mailbox address or a national practitioner id."""
+    declared = [r for r in patient.care_relationships if r.kind is CareKind.TREATING]
+    if not declared:
+        return ""
+    return max(declared, key=lambda r: r.since).party

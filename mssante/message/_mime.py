@@ -56,6 +56,8 @@ H_CODECDA = "X-MSS-CODECDA"
 H_INS = "X-MSS-INS"
 H_MES = "X-MSS-MES"
 MES_END_OF_THREAD = "FIN"
+H_COPY_TREATING = "X-MSSante-Copy-Treating"
+COPY_TREATING_YES = "yes"
 INS_QUALIFIED = "O"
 INS_NOT_QUALIFIED = "N"
 SUBJECT_PREFIX = "XDM/1.0/DDM+"
@@ -153,6 +155,8 @@ def compose_message(
         msg[H_INS] = INS_QUALIFIED if report.patient.qualified else INS_NOT_QUALIFIED
     if report.end_of_thread:
         msg[H_MES] = MES_END_OF_THREAD
+    if report.copy_treating_doctor:
+        msg[H_COPY_TREATING] = COPY_TREATING_YES
     if report.read_receipt:
         # RFC 8098 §2.1: the address the MDN goes to.
         msg["Disposition-Notification-To"] = report.sender
@@ -264,6 +268,7 @@ def parse_message(data: bytes) -> ReceivedMessage:
         subject=str(msg.get("Subject", "")),
         read_receipt=msg.get("Disposition-Notification-To") is not None,
         end_of_thread=_header(msg, H_MES) == MES_END_OF_THREAD,
+        copy_treating_doctor=_header(msg, H_COPY_TREATING) == COPY_TREATING_YES,
         in_reply_to=_header(msg, "In-Reply-To"),
         references=references,
     )

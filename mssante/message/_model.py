@@ -420,6 +420,9 @@ class Report:
     subject: str | None = None
     read_receipt: bool = False
     end_of_thread: bool = False
+    # Ask the patient's relay to copy the message to the patient's declared
+    # treating doctor (X-MSSante-Copy-Treating); the relay decides who that is.
+    copy_treating_doctor: bool = False
     in_reply_to: str | None = None
     references: tuple[str, ...] = ()
 

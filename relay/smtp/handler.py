@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 from aiosmtpd.smtp import MISSING, AuthResult
 
 from directory.errors import DirectoryError, InvalidFieldError
-from directory.model import Mailbox, Patient
+from directory.model import BalType, Mailbox, Patient, Status
 from mssante.crypto import CryptoError
 from relay import policy
 from relay.accounts import Account, Attempt, Refusal
@@ -522,6 +522,7 @@ class RelayHandler:
             return str(decision.reply)
         if isinstance(entry, Patient):
             envelope.patient_recipients += 1
+            envelope.patients.append(entry)
         if decision.needs_thread:
             envelope.thread_checks[address] = entry
         envelope.rcpt_tos.append(address)
@@ -652,6 +653,14 @@ class RelayHandler:
             )
             if refused is not None:
                 return self._refuse_message(server, envelope, refused)
+        if (
+            sender.role is policy.Role.PROFESSIONAL
+            and envelope.patients
+            and policy.asks_treating_copy(headers.get(policy.COPY_TREATING_HEADER))
+        ):
+            refused = await self._copy_to_treating(server, envelope, sender)
+            if refused is not None:
+                return self._refuse_message(server, envelope, refused)
         trace: list[str] = []
         if self._ctx.smime is not None and may_be_smime_signed(headers):
             signature = await self._check_signature(
@@ -720,6 +729,75 @@ class RelayHandler:
         if sender.role is policy.Role.PATIENT and patient_initiated(references):
             await self._answer_patient(server, envelope, sender, message_id, now)
         return f"250 2.0.0 Ok: queued as {spooled.queue_id}"
+
+    async def _copy_to_treating(
+        self, server: RelaySMTP, envelope: RelayEnvelope, sender: policy.SenderFacts
+    ) -> policy.Decision | None:
+        """Add the patient's treating doctor as a recipient, when allowed.
+
+        Returns a decision only when the directory cannot answer (fail
+        closed: the copy was asked for, so the message waits). A doctor the
+        rules refuse, or none declared, leaves the message to the patient
+        alone; the audit trail says why.
+        """
+        patient: Patient = envelope.patients[0]  # one patient per message
+        party = policy.treating_doctor(patient)
+        doctor: Mailbox | Patient | None = None
+        address = ""
+        failure: policy.Reply | None = None
+        if "@" in party:
+            address = party
+            doctor, failure = await self._lookup(server, address)
+        elif party:
+            try:
+                owned = await self._ctx.directory.mailboxes_of(party)
+            except DirectoryError:
+                failure = policy.R451_DIRECTORY_UNAVAILABLE
+            else:
+                personal = [m for m in owned if m.bal_type is BalType.PER] or owned
+                active = [m for m in personal if m.status is Status.ACTIVE]
+                chosen = active or personal
+                if chosen:
+                    doctor = chosen[0]
+                    address = chosen[0].address
+        remote: policy.RemoteDomain | None = None
+        if failure is None and address:
+            remote, failure = await self._remote_domain(server, address)
+        if failure is not None:
+            return policy.Decision(failure, "directory unavailable (treating doctor)")
+        if not address:
+            reason = "treating doctor has no mailbox" if party else "no treating doctor"
+            decision = policy.Decision(policy.R550_MAILBOX_UNKNOWN, reason)
+        elif address in envelope.rcpt_tos:
+            decision = policy.Decision(
+                policy.R250_RECIPIENT_OK, "treating doctor already a recipient"
+            )
+        else:
+            decision = policy.check_recipient(
+                sender,
+                address,
+                doctor,
+                self._ctx.local,
+                envelope.patient_recipients,
+                self._ctx.clock(),
+                remote,
+            )
+        self._ctx.audit.emit(
+            AuditEvent.SMTP_RECIPIENT_ACCEPTED
+            if decision.accepted
+            else AuditEvent.SMTP_RECIPIENT_REJECTED,
+            cid=server.cid,
+            channel=server.channel,
+            sender=sender.address,
+            recipient=address,
+            patient=patient.address,
+            copy="treating-doctor",
+            code=decision.reply.status,
+            reason=decision.reason,
+        )
+        if decision.accepted and address not in envelope.rcpt_tos:
+            envelope.rcpt_tos.append(address)
+        return None
 
     async def _answer_patient(
         self,

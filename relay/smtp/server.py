@@ -156,6 +156,9 @@ class RelayEnvelope(Envelope):
         self.rcpt_dsn: dict[str, RcptDsn] = {}
         self.sender_facts: SenderFacts | None = None
         self.patient_recipients = 0
+        # The patients among the recipients (directory entries), for the copy
+        # to the treating doctor.
+        self.patients: list[Any] = []
         # Professional recipients of a patient's message, judged at DATA.
         self.thread_checks: dict[str, Any] = {}
         # Addresses established as usable by the account (envelope sender).

@@ -250,3 +250,11 @@ def test_plain_letters_round_trip(
         documents=(samples.rendition(),),
     )
     assert parse_message(_compose(letter)).report == letter
+
+
+def test_asking_for_the_treating_doctor_copy_travels_in_a_header() -> None:
+    report = samples.report(copy_treating_doctor=True)
+    raw = _compose(report)
+    assert b"X-MSSante-Copy-Treating: yes\r\n" in raw
+    assert parse_message(raw).report == report
+    assert b"X-MSSante-Copy-Treating" not in _compose(samples.report())

@@ -619,3 +619,41 @@ def test_unknown_revocation_or_failed_check_is_temporary_whatever_the_mode(
     decision = policy.check_signature(reason, action)
     assert decision.reply == policy.R451_SIGNATURE_UNCHECKED
     assert str(decision.reply).startswith("451 4.7.5 ")
+
+
+@pytest.mark.parametrize(
+    ("value", "asks"),
+    [
+        ("yes", True),
+        (" Oui ", True),
+        ("1", True),
+        ("no", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_the_treating_doctor_copy_is_asked_only_by_a_yes(
+    value: str | None, asks: bool
+) -> None:
+    assert policy.asks_treating_copy(value) is asks
+
+
+def test_the_latest_treating_doctor_declaration_wins() -> None:
+    older = CareRelationship(
+        party="old@medecin.mssante.fr",
+        kind=CareKind.TREATING,
+        since=datetime(2020, 1, 1, tzinfo=UTC),
+    )
+    newer = CareRelationship(
+        party="8" + samples.RPPS_2,
+        kind=CareKind.TREATING,
+        since=datetime(2024, 1, 1, tzinfo=UTC),
+    )
+    other = CareRelationship(
+        party="pharma@officine.mssante.fr",
+        kind=CareKind.DISPENSED,
+        since=datetime(2025, 1, 1, tzinfo=UTC),
+    )
+    patient = samples.patient(care_relationships=(older, other, newer))
+    assert policy.treating_doctor(patient) == "8" + samples.RPPS_2
+    assert policy.treating_doctor(samples.patient(care_relationships=(other,))) == ""
