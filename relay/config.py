@@ -314,8 +314,10 @@ class AuditSettings:
 
     # ``mssante audit purge`` removes records older than this by default.
     retention_days: int = DEFAULT_AUDIT_RETENTION_DAYS
-    # Send every patient with a mailbox the previous month's activity report.
-    monthly_reports: bool = True
+    # Send every patient with a mailbox the previous month's activity report
+    # (conf/relay.toml turns it on; off without an [audit] table, so that a
+    # bare test config sends nothing on its own).
+    monthly_reports: bool = False
     report_day: int = DEFAULT_REPORT_DAY  # 1-28: every month has it
     report_hour: int = DEFAULT_REPORT_HOUR  # 0-23
     # Months, dates and hours in the reports are of this zone (IANA name).
@@ -782,7 +784,7 @@ def _audit(t: _Table | None) -> AuditSettings:
         retention_days=t.integer(
             "retention_days", DEFAULT_AUDIT_RETENTION_DAYS, minimum=1
         ),
-        monthly_reports=t.flag("monthly_reports", True),
+        monthly_reports=t.flag("monthly_reports", False),
         report_day=t.integer("report_day", DEFAULT_REPORT_DAY, minimum=1),
         report_hour=t.integer("report_hour", DEFAULT_REPORT_HOUR),
         timezone=t.text("timezone", "Europe/Paris"),
