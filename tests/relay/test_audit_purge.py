@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import multiprocessing
 from datetime import UTC, datetime, timedelta
@@ -10,10 +11,14 @@ from typing import TYPE_CHECKING
 import pytest
 
 from relay import audit
+from relay.app import load_master_key
 from relay.audit import AuditEvent, AuditTrail
+from tests.support.relay_fixtures import COLLEAGUE, DOCTOR
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from tests.support.relay_fixtures import Harness
 
 KEY = b"k" * 32
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -225,3 +230,39 @@ def test_purges_during_appends_from_another_process_lose_nothing(
     assert audit.verify(path, KEY).intact
     _append_many(path, 1)
     assert seqs(path) == [302]
+
+
+async def test_running_relay_keeps_a_verifiable_chain_after_a_purge(
+    relay: Harness,
+) -> None:
+    """The relay holds the trail open; ``mssante audit purge`` replaces the
+    file under it; what the relay writes next lands in the new file."""
+    h = relay
+    path = h.running.audit.path
+    master = load_master_key(h.config).derive("audit")
+
+    def send() -> None:
+        with h.submission() as client:
+            client.sendmail(
+                DOCTOR.address,
+                [COLLEAGUE.address],
+                (
+                    f"From: {DOCTOR.address}\r\nTo: {COLLEAGUE.address}\r\n"
+                    "Subject: x\r\n\r\nx\r\n"
+                ).encode(),
+            )
+
+    await h.run(send)
+    await h.delivered()
+    before = len(list(audit.records(path)))
+    now = datetime.now(UTC)
+    result = await asyncio.to_thread(audit.purge, path, master, now, now)
+    assert result.purged == before
+    assert list(audit.records(path)) == []
+    await h.run(send)
+    await h.delivered()
+    events = [r["event"] for r in audit.records(path)]
+    assert "message.delivered" in events
+    assert next(iter(audit.records(path)))["seq"] == before + 1
+    checked = audit.verify(path, master)
+    assert checked.intact, checked
