@@ -660,7 +660,7 @@ async def _run(args: argparse.Namespace, ctx: Context) -> int:
     if handler == "account":
         return accounts.run_account(ctx, args)
     if handler == "audit":
-        return audit_cli.run_audit(ctx, args)
+        return await audit_cli.run_audit(ctx, args)
     if handler == "queue":
         return queue_cli.run_queue(ctx, args)
     if handler == "send":

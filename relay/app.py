@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import sys
+import zoneinfo
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -35,6 +36,7 @@ from relay.accounts import (
     Mechanism,
 )
 from relay.audit import AUDIT_FILE_NAME, AuditEvent, AuditTrail
+from relay.audit_report import MonthlyReports, ReportContext
 from relay.config import PatientReadReceipts
 from relay.imap import ImapContext, ImapServer
 from relay.oauth import verifier_for
@@ -91,6 +93,7 @@ class RunningRelay:
     outbound: OutboundDelivery | None = None  # None: [delivery] enabled = false
     outbound_queue: SqliteOutboundQueue | None = None
     servers: list[asyncio.Server] = field(default_factory=list)
+    reports: MonthlyReports | None = None  # the patients' activity reports
 
 
 def _no_protocol_traces(record: logging.LogRecord) -> bool:
@@ -539,6 +542,23 @@ async def run_relay(
             )
             receipts.start()
             stack.push_async_callback(receipts.stop)
+        # The patients' monthly activity reports, and on-demand ones the CLI
+        # asks for while the relay holds the store (issue 10).
+        reports = MonthlyReports(
+            ReportContext(
+                store=store,
+                directory=directory,
+                audit=acceptance.audit,
+                patient_domain=cfg.relay.patient_domain,
+                hostname=cfg.relay.hostname,
+                zone=zoneinfo.ZoneInfo(cfg.audit.timezone),
+            ),
+            cfg.audit,
+            data_dir=data_dir,
+            clock=clock,
+        )
+        reports.start()
+        stack.push_async_callback(reports.stop)
         accounts = acceptance.accounts
         audit = acceptance.audit
         spool = acceptance.spool
@@ -556,6 +576,7 @@ async def run_relay(
             threads=acceptance.threads,
             outbound=outbound[0] if outbound else None,
             outbound_queue=outbound_queue,
+            reports=reports,
         )
         if processes > 1:
             await stack.enter_async_context(

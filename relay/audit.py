@@ -26,6 +26,20 @@ What must stay true:
   credential. :func:`redact` drops such keys whatever the caller passes, and
   Message-IDs are stored as keyed hashes (``message_ref``), so the trail
   can correlate without revealing them.
+- **Purged from the start only, and still verifiable.** :func:`purge` drops
+  the oldest records (those before a cutoff) and keeps the rest unchanged.
+  It first writes an *anchor* next to the file (``audit.anchor``: the
+  ``seq`` and ``mac`` of the last purged record, how many were purged, when,
+  the previous anchor; MAC'd under the trail's key), then replaces the file
+  atomically (new file, fsync, rename, fsync of the directory), all under
+  the ``flock`` writers take. :func:`verify` starts from the anchor; a
+  forged or edited anchor fails its MAC, a deleted one leaves a chain that
+  starts in the middle. A crash between the two steps leaves the old file
+  with the new anchor, which still verifies (the anchor's own record must
+  then be in the file, at its place), and the purge can run again.
+- **Writers follow the replacement.** A process holding the old file open
+  sees, under the lock, that it has no link left (``st_nlink == 0``, from
+  the ``fstat`` it makes anyway) and reopens the path before writing.
 - Written through structlog (the service logging library), with our own
   processors: redaction, then timestamp, then the chain.
 """
@@ -39,6 +53,7 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -122,6 +137,10 @@ FORBIDDEN_KEYS: Final = frozenset(
     }
 )
 AUDIT_FILE_NAME: Final = "audit.jsonl"
+# The anchor of a purged trail, next to it: ``audit.jsonl`` -> ``audit.anchor``.
+ANCHOR_SUFFIX: Final = ".anchor"
+_ANCHOR_KIND: Final = "audit.anchor"
+_COPY_CHUNK: Final = 1 << 20  # purge copies the kept records 1 MiB at a time
 _KEY_INFO: Final = b"mssante audit trail v1"
 _REF_INFO: Final = b"mssante audit message ref v1"
 
@@ -173,17 +192,26 @@ class _ChainedFile:
         self._lock = threading.Lock()
         self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._file: IO[bytes] = os.fdopen(fd, "ab")
+        self._file: IO[bytes] = _open_append(path)
         self._known_size = -1
         self._head = Head()
 
-    def _refresh_head(self) -> None:
-        size = os.fstat(self._file.fileno()).st_size
-        if size == self._known_size:
-            return
-        self._head = read_head(self._path)
-        self._known_size = size
+    def _lock_current(self) -> None:
+        """``flock`` the file the path names now, reopening it when a purge
+        replaced it (the old one has no link left), and refresh the head."""
+        while True:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+            status = os.fstat(self._file.fileno())
+            if status.st_nlink > 0:
+                break
+            # Replaced by purge() (renamed over): write to the new file.
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = _open_append(self._path)
+            self._known_size = -1
+        if status.st_size != self._known_size:
+            self._head = read_head(self._path)
+            self._known_size = status.st_size
 
     def append(self, record: dict[str, Any]) -> Head:
         return self.append_all([record])
@@ -192,9 +220,8 @@ class _ChainedFile:
         """Chain and write ``records`` in one locked write (one ``flock``,
         one ``write``): each still gets its own ``seq``, ``prev`` and ``mac``."""
         with self._lock:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+            self._lock_current()
             try:
-                self._refresh_head()
                 lines: list[bytes] = []
                 head = self._head
                 for record in records:
@@ -251,6 +278,11 @@ class _ChainedFile:
             self.append(record)
 
     info = msg
+
+
+def _open_append(path: Path) -> IO[bytes]:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    return os.fdopen(fd, "ab")
 
 
 def _stamp(
@@ -328,7 +360,8 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def read_head(path: Path) -> Head:
-    """The head of the chain as written (not verified)."""
+    """The head of the chain as written (not verified); the anchor's when a
+    purge left the file empty."""
     last = b""
     try:
         with path.open("rb") as f:
@@ -338,14 +371,109 @@ def read_head(path: Path) -> Head:
             tail = f.read(block).rstrip(b"\n")
             last = tail.rsplit(b"\n", 1)[-1]
     except FileNotFoundError:
-        return Head()
+        pass
     if not last:
-        return Head()
+        anchor = read_anchor(path)
+        return Head() if anchor is None else Head(anchor.seq, anchor.mac)
     try:
         record = json.loads(last)
         return Head(int(record["seq"]), str(record["mac"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise AuditError(f"{path}: the last line is not an audit record") from exc
+
+
+def anchor_path(path: Path) -> Path:
+    """Where the anchor of the trail at ``path`` lives."""
+    return path.with_suffix(ANCHOR_SUFFIX)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Anchor:
+    """What remains of the purged records: the last one's ``seq`` and ``mac``.
+
+    ``previous_seq``/``previous_mac`` are the anchor this one replaced (0 and
+    ``""`` for the first purge): a crash between writing the anchor and
+    replacing the file leaves a file that still starts after it.
+    """
+
+    seq: int
+    mac: str
+    count: int  # records this purge removed
+    cutoff: str  # records before this time were purged (ISO 8601)
+    time: str  # when the purge ran
+    previous_seq: int = 0
+    previous_mac: str = ""
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "kind": _ANCHOR_KIND,
+            "seq": self.seq,
+            "mac": self.mac,
+            "count": self.count,
+            "cutoff": self.cutoff,
+            "time": self.time,
+            "previous_seq": self.previous_seq,
+            "previous_mac": self.previous_mac,
+        }
+
+
+def read_anchor(path: Path, key: bytes | None = None) -> Anchor | None:
+    """The anchor of the trail at ``path``, None when it was never purged.
+
+    With ``key`` (the trail's key), its MAC is checked.
+
+    Raises:
+        AuditError: the anchor is unreadable, or (with ``key``) forged or edited.
+    """
+    where = anchor_path(path)
+    try:
+        raw = where.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(raw)
+        anchor_mac = str(data.pop("anchor_mac"))
+        if data.get("kind") != _ANCHOR_KIND:
+            raise ValueError(data.get("kind"))
+        anchor = Anchor(
+            seq=int(data["seq"]),
+            mac=str(data["mac"]),
+            count=int(data["count"]),
+            cutoff=str(data["cutoff"]),
+            time=str(data["time"]),
+            previous_seq=int(data["previous_seq"]),
+            previous_mac=str(data["previous_mac"]),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise AuditError(f"{where}: not an audit anchor") from exc
+    # The MAC covers the fields as read, so an added key fails too.
+    if key is not None and not hmac.compare_digest(anchor_mac, _mac(key, data)):
+        raise AuditError(f"{where}: anchor modified or forged (MAC mismatch)")
+    return anchor
+
+
+def _write_durably(path: Path, data: bytes | IO[bytes]) -> None:
+    """Replace ``path`` with ``data`` (bytes, or a file read to its end): new
+    file, fsync, rename, fsync of the directory."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                shutil.copyfileobj(data, f, _COPY_CHUNK)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,10 +490,27 @@ class Verification:
 
 
 def verify(path: Path, master_key: bytes) -> Verification:
-    """Check the whole chain; name the first line that breaks it and why."""
+    """Check the whole chain; name the first line that breaks it and why.
+
+    A purged trail is checked from its anchor (whose own MAC is checked
+    first: a bad anchor is reported as line 0).
+    """
     key = derive_key(master_key)
-    expected = Head()
+    try:
+        anchor = read_anchor(path, key)
+    except AuditError as exc:
+        return Verification(0, 0, str(exc))
+    starts = [Head()]
+    if anchor is not None:
+        # The file starts after the anchor, or (a purge interrupted before it
+        # replaced the file) after the previous one.
+        starts = [
+            Head(anchor.seq, anchor.mac),
+            Head(anchor.previous_seq, anchor.previous_mac),
+        ]
+    expected = starts[0]
     count = 0
+    anchor_seen = anchor is None
     for number, raw in _lines(path):
         try:
             record = json.loads(raw)
@@ -376,6 +521,8 @@ def verify(path: Path, master_key: bytes) -> Verification:
             return Verification(count, number, "not an audit record")
         if not hmac.compare_digest(str(mac), _mac(key, record)):
             return Verification(count, number, "record modified (MAC mismatch)")
+        if number == 1 and len(starts) == 2 and seq == starts[1].seq + 1:
+            expected = starts[1]
         if seq != expected.seq + 1 or prev != expected.mac:
             return Verification(
                 count,
@@ -383,9 +530,120 @@ def verify(path: Path, master_key: bytes) -> Verification:
                 f"chain broken: expected record {expected.seq + 1}, found {seq}"
                 " (a record was removed, inserted or moved)",
             )
+        if anchor is not None and seq == anchor.seq:
+            if not hmac.compare_digest(str(mac), anchor.mac):
+                return Verification(count, number, "record differs from the anchor's")
+            anchor_seen = True
         expected = Head(seq, str(mac))
         count += 1
+    if not anchor_seen:
+        assert anchor is not None  # noqa: S101 - anchor_seen starts True without
+        if expected.seq < anchor.seq:
+            # The anchor names a record the file never reached.
+            return Verification(count, count + 1, "the trail ends before its anchor")
     return Verification(count)
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    """What :func:`purge` did: ``purged`` records removed, ``kept`` left."""
+
+    purged: int
+    kept: int
+    anchor: Anchor | None  # None when nothing was purged
+
+
+def purge(
+    path: Path, master_key: bytes, before: datetime, now: datetime
+) -> PurgeResult:
+    """Remove the records older than ``before`` (the longest such prefix).
+
+    Holds the writers' ``flock`` throughout; writes the anchor, then the
+    new file (see the module docstring). The caller records the purge
+    (``audit.purged``) afterwards, as an ordinary append.
+
+    Raises:
+        AuditError: the trail does not verify (nothing is purged from a
+            broken chain), or cannot be rewritten.
+    """
+    key = derive_key(master_key)
+    if before.tzinfo is None:
+        raise ValueError("before: a time zone is required")
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return PurgeResult(0, 0, None)
+    try:
+        while True:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_nlink > 0:
+                break
+            os.close(fd)  # another purge replaced it meanwhile
+            fd = os.open(path, os.O_RDWR)
+        return _purge_locked(path, key, master_key, before, now)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _purge_locked(
+    path: Path, key: bytes, master_key: bytes, before: datetime, now: datetime
+) -> PurgeResult:
+    checked = verify(path, master_key)
+    if not checked.intact:
+        raise AuditError(
+            f"{path}:{checked.first_bad_line}: {checked.problem}; nothing purged"
+        )
+    previous = read_anchor(path, key)
+    cut = 0  # records removed
+    start = 0  # byte offset of the first record kept
+    cutting = True
+    last: dict[str, Any] | None = None
+    total = 0
+    for _, raw in _lines(path):
+        total += 1
+        if not cutting:
+            continue  # counting what is kept
+        record = json.loads(raw)
+        # Left by an interrupted purge: the anchor already covers it.
+        covered = previous is not None and record["seq"] <= previous.seq
+        if not covered:
+            if _time_of(record) >= before:
+                cutting = False
+                continue
+            last = record
+        cut += 1
+        start += len(raw)
+    if last is None:
+        if cut and previous is not None:
+            # Finish an interrupted purge: its anchor is already written.
+            _copy_from(path, start)
+        return PurgeResult(cut, total - cut, previous if cut else None)
+    anchor = Anchor(
+        seq=int(last["seq"]),
+        mac=str(last["mac"]),
+        count=cut,
+        cutoff=before.isoformat(),
+        time=now.isoformat(timespec="seconds"),
+        previous_seq=previous.seq if previous is not None else 0,
+        previous_mac=previous.mac if previous is not None else "",
+    )
+    fields = anchor.fields()
+    fields["anchor_mac"] = _mac(key, anchor.fields())
+    _write_durably(anchor_path(path), _canonical(fields) + b"\n")
+    _copy_from(path, start)
+    return PurgeResult(cut, total - cut, anchor)
+
+
+def _copy_from(path: Path, start: int) -> None:
+    """Replace ``path`` with its bytes from ``start`` on (durably)."""
+    with path.open("rb") as kept:
+        kept.seek(start)
+        _write_durably(path, kept)
+
+
+def _time_of(record: dict[str, Any]) -> datetime:
+    parsed = datetime.fromisoformat(str(record.get("time", "")))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def records(path: Path) -> Iterator[dict[str, Any]]:

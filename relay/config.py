@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import tomllib
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -297,6 +298,33 @@ class SmimeSettings:
         }
 
 
+# DESIGN §7: traces kept 6 months (recommended); 183 days covers any 6 months.
+DEFAULT_AUDIT_RETENTION_DAYS: Final = 183
+# The monthly patient reports go out on this day of the month, from this hour
+# (local time of audit.timezone), for the month before.
+DEFAULT_REPORT_DAY: Final = 1
+DEFAULT_REPORT_HOUR: Final = 6
+# The monthly task looks at the clock (and at on-demand requests) this often.
+DEFAULT_REPORT_CHECK_INTERVAL: Final = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditSettings:
+    """The ``[audit]`` table: retention of the trail, the patients' reports."""
+
+    # ``mssante audit purge`` removes records older than this by default.
+    retention_days: int = DEFAULT_AUDIT_RETENTION_DAYS
+    # Send every patient with a mailbox the previous month's activity report
+    # (conf/relay.toml turns it on; off without an [audit] table, so that a
+    # bare test config sends nothing on its own).
+    monthly_reports: bool = False
+    report_day: int = DEFAULT_REPORT_DAY  # 1-28: every month has it
+    report_hour: int = DEFAULT_REPORT_HOUR  # 0-23
+    # Months, dates and hours in the reports are of this zone (IANA name).
+    timezone: str = "Europe/Paris"
+    check_interval: float = DEFAULT_REPORT_CHECK_INTERVAL
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     relay: RelaySettings
@@ -308,6 +336,7 @@ class Config:
     smime: SmimeSettings | None = None  # None: no verification, sealing, encryption
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     patients: PatientSettings = field(default_factory=PatientSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     source: Path | None = None  # the file it was read from
 
     @property
@@ -748,6 +777,35 @@ def _patients(t: _Table | None) -> PatientSettings:
     return PatientSettings(emergency=emergency, overrides=tuple(overrides))
 
 
+def _audit(t: _Table | None) -> AuditSettings:
+    if t is None:
+        return AuditSettings()
+    settings = AuditSettings(
+        retention_days=t.integer(
+            "retention_days", DEFAULT_AUDIT_RETENTION_DAYS, minimum=1
+        ),
+        monthly_reports=t.flag("monthly_reports", False),
+        report_day=t.integer("report_day", DEFAULT_REPORT_DAY, minimum=1),
+        report_hour=t.integer("report_hour", DEFAULT_REPORT_HOUR),
+        timezone=t.text("timezone", "Europe/Paris"),
+        check_interval=t.number("check_interval", DEFAULT_REPORT_CHECK_INTERVAL),
+    )
+    if settings.report_day > 28:
+        raise ConfigError(f"{t.name}.report_day: must be 1 to 28 (every month has it)")
+    if settings.report_hour > 23:
+        raise ConfigError(f"{t.name}.report_hour: must be 0 to 23")
+    if settings.check_interval <= 0:
+        raise ConfigError(f"{t.name}.check_interval: must be positive")
+    try:
+        zoneinfo.ZoneInfo(settings.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{t.name}.timezone: {settings.timezone!r} is not a known time zone"
+        ) from None
+    t.done()
+    return settings
+
+
 def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Config:
     """Build a :class:`Config` from parsed TOML; paths relative to ``base``."""
     root = _Table("", data, base)
@@ -762,6 +820,7 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
     smime = _smime(root.table("smime"))
     delivery = _delivery(root.table("delivery"))
     patients = _patients(root.table("patients"))
+    audit = _audit(root.table("audit"))
     root.done()
     return Config(
         relay=relay,
@@ -773,6 +832,7 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
         smime=smime,
         delivery=delivery,
         patients=patients,
+        audit=audit,
         source=source,
     )
 
