@@ -540,6 +540,21 @@ def due_month(now: datetime, settings: AuditSettings) -> Month | None:
     return this.previous() if local >= due_at else None
 
 
+def trail_start(path: Path, zone: zoneinfo.ZoneInfo) -> Month | None:
+    """The month of the trail's first record, or None for an empty trail.
+
+    Monthly reports cover months from this one on: a relay installed on the
+    23rd sends no report for the month before it existed.
+    """
+    try:
+        with path.open("rb") as f:
+            first = f.readline()
+        when = datetime.fromisoformat(str(json.loads(first)["time"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return Month.of(when, zone)
+
+
 # --- on-demand requests (CLI -> running relay) -------------------------------
 
 
@@ -623,6 +638,9 @@ class MonthlyReports:
         if month is None:
             return sent
         ctx = self._ctx
+        start = await asyncio.to_thread(trail_start, ctx.audit.path, ctx.zone)
+        if start is None or month < start:
+            return sent
         suffix = "@" + ctx.patient_domain.lower()
         addresses = [
             a

@@ -315,9 +315,8 @@ class AuditSettings:
     # ``mssante audit purge`` removes records older than this by default.
     retention_days: int = DEFAULT_AUDIT_RETENTION_DAYS
     # Send every patient with a mailbox the previous month's activity report
-    # (conf/relay.toml turns it on; off without an [audit] table, so that a
-    # bare test config sends nothing on its own).
-    monthly_reports: bool = False
+    # (from the month of the trail's first record on).
+    monthly_reports: bool = True
     report_day: int = DEFAULT_REPORT_DAY  # 1-28: every month has it
     report_hour: int = DEFAULT_REPORT_HOUR  # 0-23
     # Months, dates and hours in the reports are of this zone (IANA name).
@@ -784,7 +783,7 @@ def _audit(t: _Table | None) -> AuditSettings:
         retention_days=t.integer(
             "retention_days", DEFAULT_AUDIT_RETENTION_DAYS, minimum=1
         ),
-        monthly_reports=t.flag("monthly_reports", False),
+        monthly_reports=t.flag("monthly_reports", True),
         report_day=t.integer("report_day", DEFAULT_REPORT_DAY, minimum=1),
         report_hour=t.integer("report_hour", DEFAULT_REPORT_HOUR),
         timezone=t.text("timezone", "Europe/Paris"),

@@ -193,6 +193,8 @@ class Selected:
     pending: list[Change] = field(default_factory=list)
     subscription: int | None = None
     cache: ReadCache | None = None
+    # Messages whose content this session read (audited once per selection).
+    read: set[int] = field(default_factory=set)
     _positions: dict[int, int] | None = None
 
     def uids_changed(self) -> None:

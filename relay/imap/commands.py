@@ -840,8 +840,7 @@ async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
     items = imap.parse_fetch_items(cmd.args[1] if len(cmd.args) == 2 else cmd.args[1:])
     if cmd.uid and not any(i.name == "UID" for i in items):
         items.insert(0, imap.FetchItem("UID"))  # RFC 3501 §6.4.8
-    opens = any(i.sets_seen for i in items)
-    marks_seen = opens and not sel.read_only
+    marks_seen = any(i.sets_seen for i in items) and not sel.read_only
     needs_structure = any(_reads_structure(i) for i in items)
     # Only the top-level header (BODY[HEADER...], RFC822.HEADER): it is read
     # without building the structure's tree.
@@ -853,6 +852,9 @@ async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
         or (i.section is not None and _fetch.needs_message(i.section))
         for i in items
     )
+    # A read is content fetched, \Seen or not (BODY.PEEK[] reads as much as
+    # BODY[]): audited once per message and selection (DESIGN §7).
+    opens = needs_message or any(i.sets_seen for i in items)
     cache = sel.read_cache()
     # FLAGS, and \Seen to set, are read fresh from the store (one call); the
     # internal date and size never change and come from the session's cache.
@@ -944,7 +946,7 @@ async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
                 header = structure.header if structure is not None else headers.get(uid)
                 if needs_structure and header is None:
                     continue
-                if opens:
+                if opens and uid not in sel.read:
                     _audit_read(c, sel, uid, structure)
                 info = fresh.get(uid) if fresh is not None else None
                 message = messages.get(uid)
@@ -1070,6 +1072,7 @@ def _audit_read(
     c: ImapConnection, sel: Selected, uid: int, structure: ParsedStructure | None
 ) -> None:
     assert c.access is not None  # noqa: S101
+    sel.read.add(uid)
     message_id = structure.envelope.message_id if structure is not None else None
     c.ctx.audit.emit(
         AuditEvent.MESSAGE_READ,
@@ -1190,7 +1193,11 @@ async def cmd_store(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
         info = by_uid.get(uid)
         if info is None:
             continue
-        if "\\Seen" in info.flags and "\\Seen" not in before[uid]:
+        if (
+            "\\Seen" in info.flags
+            and "\\Seen" not in before[uid]
+            and uid not in sel.read
+        ):
             _audit_read(c, sel, uid, None)
         sel.flags[uid] = info.flags
         if not m.group(2):

@@ -319,6 +319,19 @@ async def test_monthly_run_sends_once_per_patient_and_month_across_restarts(
     assert await again.run_once() == 2
 
 
+async def test_no_report_for_a_month_before_the_trail_began(
+    parts: Parts, tmp_path: Path
+) -> None:
+    # A relay installed in November: its first record is of November.
+    parts.trail.emit(AuditEvent.RELAY_STARTED, time="2026-11-20T08:00:00+00:00")
+    parts.store.ensure_mailbox(patient_address(PATIENT))
+    clock = Clock(datetime(2026, 11, 23, tzinfo=UTC))
+    run = MonthlyReports(parts.ctx, settings(), data_dir=tmp_path, clock=clock)
+    assert await run.run_once() == 0  # October: the relay did not exist
+    clock.now = datetime(2026, 12, 1, 7, tzinfo=UTC)
+    assert await run.run_once() == 1  # November's
+
+
 async def test_monthly_reports_off_sends_nothing(parts: Parts, tmp_path: Path) -> None:
     october_activity(parts, patient_address(PATIENT), kept=True)
     clock = Clock(datetime(2026, 11, 2, tzinfo=UTC))
