@@ -38,7 +38,9 @@ from relay.accounts import (
 from relay.audit import AUDIT_FILE_NAME, AuditEvent, AuditTrail
 from relay.audit_report import MonthlyReports, ReportContext
 from relay.config import PatientReadReceipts
+from relay.contact import ContactError
 from relay.imap import ImapContext, ImapServer
+from relay.notify.dispatch import NoticeDispatcher, open_dispatcher
 from relay.oauth import verifier_for
 from relay.queue.commit import SpoolCommitter
 from relay.queue.deliver import LocalDelivery
@@ -92,6 +94,7 @@ class RunningRelay:
     threads: ThreadStore
     outbound: OutboundDelivery | None = None  # None: [delivery] enabled = false
     outbound_queue: SqliteOutboundQueue | None = None
+    notices: NoticeDispatcher | None = None  # None: no [notices] channel
     servers: list[asyncio.Server] = field(default_factory=list)
     reports: MonthlyReports | None = None  # the patients' activity reports
 
@@ -497,7 +500,23 @@ async def run_relay(
             for transfer in outbound:
                 loop.call_soon_threadsafe(transfer.wake)
 
+        notices: list[NoticeDispatcher] = []
+
         def local_delivery(acceptance: Acceptance) -> Callable[[str], None]:
+            # Issue 10: new-message notices to patients' ordinary contacts.
+            try:
+                dispatcher = open_dispatcher(
+                    cfg,
+                    directory=acceptance.directory,
+                    audit=acceptance.audit,
+                    is_patient_address=local.is_patient_address,
+                    clock=clock,
+                )
+            except ContactError as exc:
+                raise RelayError(str(exc)) from exc
+            if dispatcher is not None:
+                stack.callback(dispatcher.close)
+                notices.append(dispatcher)
             delivery = LocalDelivery(
                 spool=acceptance.spool,
                 store=store,
@@ -509,6 +528,7 @@ async def run_relay(
                 directory=acceptance.directory,
                 outbound=outbound_queue,
                 on_outbound=outbound_queued,
+                on_delivered=dispatcher.delivered if dispatcher is not None else None,
             )
             made.append(delivery)
             return delivery.submit
@@ -519,6 +539,9 @@ async def run_relay(
             )
         )
         [delivery] = made
+        for dispatcher in notices:
+            dispatcher.start()
+            stack.push_async_callback(dispatcher.stop)
         # Acceptor processes write to the spool; the relay looks at it often.
         delivery.start(poll_interval=SPOOL_POLL_INTERVAL if processes > 1 else None)
         stack.push_async_callback(delivery.stop)
@@ -577,6 +600,7 @@ async def run_relay(
             outbound=outbound[0] if outbound else None,
             outbound_queue=outbound_queue,
             reports=reports,
+            notices=notices[0] if notices else None,
         )
         if processes > 1:
             await stack.enter_async_context(

@@ -33,6 +33,9 @@ from relay.accounts import (
     Mechanism,
     MechanismPolicy,
 )
+from relay.notify import settings as notice
+from relay.notify import texts as notice_texts
+from relay.notify.settings import NoticeSettings, SmarthostSettings, SmsSettings
 from relay.oauth import (
     DEFAULT_ALGORITHMS,
     DEFAULT_CLOCK_SKEW,
@@ -336,6 +339,7 @@ class Config:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     patients: PatientSettings = field(default_factory=PatientSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    notices: NoticeSettings = field(default_factory=NoticeSettings)
     source: Path | None = None  # the file it was read from
 
     @property
@@ -805,6 +809,102 @@ def _audit(t: _Table | None) -> AuditSettings:
     return settings
 
 
+def _port(t: _Table, default: int) -> int:
+    port = t.integer("port", default, minimum=1)
+    if port > 65535:
+        raise ConfigError(f"{t.name}.port: {port} is not a TCP port")
+    return port
+
+
+def _https_url(t: _Table, key: str, *, required: bool) -> str:
+    url = t.text(key) if required else t.text(key, "")
+    if url and (not url.startswith("https://") or any(c.isspace() for c in url)):
+        raise ConfigError(f"{t.name}.{key}: must be an https:// address")
+    return url
+
+
+def _smarthost(t: _Table | None) -> SmarthostSettings | None:
+    if t is None:
+        return None
+    settings = SmarthostSettings(
+        host=t.text("host"),
+        port=_port(t, notice.DEFAULT_SMARTHOST_PORT),
+        starttls=t.flag("starttls", True),
+        ca_file=t.optional_path("ca_file"),
+        username=t.text("username", ""),
+        password_file=t.optional_path("password_file"),
+        from_address=t.text("from_address"),
+        envelope_from=t.text("envelope_from", ""),
+        timeout=t.number("timeout", notice.DEFAULT_CHANNEL_TIMEOUT),
+    )
+    for key in ("from_address", "envelope_from"):
+        value = getattr(settings, key)
+        if value and (value.count("@") != 1 or any(c in value for c in " <>\r\n")):
+            raise ConfigError(f"{t.name}.{key}: {value!r} is not a mail address")
+    if bool(settings.username) != (settings.password_file is not None):
+        raise ConfigError(
+            f"{t.name}.password_file: username and password_file go together"
+        )
+    if settings.username and not settings.starttls:
+        # DESIGN §6: no plaintext AUTH.
+        raise ConfigError(f"{t.name}.starttls: AUTH is only sent over TLS")
+    t.done()
+    return settings
+
+
+def _sms(t: _Table | None) -> SmsSettings | None:
+    if t is None:
+        return None
+    settings = SmsSettings(
+        url=_https_url(t, "url", required=True),
+        token_file=t.path("token_file"),
+        ca_file=t.optional_path("ca_file"),
+        sender=t.text("sender", ""),
+        timeout=t.number("timeout", notice.DEFAULT_CHANNEL_TIMEOUT),
+    )
+    t.done()
+    return settings
+
+
+def _notices(t: _Table | None, relay: RelaySettings) -> NoticeSettings:
+    if t is None:
+        return NoticeSettings()
+    settings = NoticeSettings(
+        enabled=t.flag("enabled", True),
+        min_interval=t.number("min_interval", notice.DEFAULT_MIN_INTERVAL),
+        expiry=t.number("expiry", notice.DEFAULT_EXPIRY),
+        minimal_backoff=t.number("minimal_backoff", notice.DEFAULT_MINIMAL_BACKOFF),
+        maximal_backoff=t.number("maximal_backoff", notice.DEFAULT_MAXIMAL_BACKOFF),
+        read_url=_https_url(t, "read_url", required=False),
+        imap_host=t.text("imap_host", relay.hostname),
+        access_report_url=_https_url(t, "access_report_url", required=False),
+        smarthost=_smarthost(t.table("smarthost")),
+        sms=_sms(t.table("sms")),
+    )
+    if settings.expiry <= settings.min_interval:
+        raise ConfigError(f"{t.name}.expiry: must be longer than min_interval")
+    if settings.maximal_backoff < settings.minimal_backoff:
+        raise ConfigError(f"{t.name}.maximal_backoff: less than minimal_backoff")
+    if settings.enabled and settings.smarthost is None and settings.sms is None:
+        raise ConfigError(
+            f"{t.name}.smarthost: notices need a channel ([notices.smarthost]"
+            " or [notices.sms]), or enabled = false"
+        )
+    # The fixed texts are built once here: an SMS that would not fit fails now.
+    try:
+        notice_texts.new_message(
+            read_url=settings.read_url, imap_host=settings.imap_host
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{t.name}.read_url: {exc}") from None
+    try:
+        notice_texts.break_glass(access_report_url=settings.access_report_url)
+    except ValueError as exc:
+        raise ConfigError(f"{t.name}.access_report_url: {exc}") from None
+    t.done()
+    return settings
+
+
 def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Config:
     """Build a :class:`Config` from parsed TOML; paths relative to ``base``."""
     root = _Table("", data, base)
@@ -820,6 +920,7 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
     delivery = _delivery(root.table("delivery"))
     patients = _patients(root.table("patients"))
     audit = _audit(root.table("audit"))
+    notices = _notices(root.table("notices"), relay)
     root.done()
     return Config(
         relay=relay,
@@ -832,6 +933,7 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
         delivery=delivery,
         patients=patients,
         audit=audit,
+        notices=notices,
         source=source,
     )
 

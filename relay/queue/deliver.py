@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Final
 
 from directory.errors import DirectoryError
 from relay.audit import AuditEvent
+from relay.contact import ContactError
 from relay.queue.outbound import OutboundError
 from relay.queue.spool import Envelope, Recipient, SpoolError
 from relay.store import NewDelivery, StoreError
@@ -109,6 +110,8 @@ class LocalDelivery:
         directory: Directory | None = None,
         outbound: OutboundQueue | None = None,
         on_outbound: Callable[[], None] | None = None,
+        on_delivered: Callable[[Sequence[tuple[Envelope, bytes, Sequence[str]]]], None]
+        | None = None,
     ) -> None:
         if protection is not None and directory is None:
             raise ValueError("protection needs the directory")
@@ -124,6 +127,7 @@ class LocalDelivery:
         self._directory = directory
         self._outbound = outbound
         self._on_outbound = on_outbound
+        self._on_delivered = on_delivered
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._retries: dict[str, int] = {}
@@ -373,7 +377,26 @@ class LocalDelivery:
         done = files - failed
         for name in sorted(done):
             self._spool.remove(name)
+        self._announce_delivered([m for m in messages if m.file in done])
         return done
+
+    def _announce_delivered(self, messages: Sequence[_Message]) -> None:
+        """Tell ``on_delivered`` (the contact notices, issue 10) what landed
+        in INBOXes; its failure never touches the mail, already durable."""
+        if self._on_delivered is None or not messages:
+            return
+        landed = [
+            (
+                m.envelope,
+                m.message,
+                [c.address for c in m.copies if c.folder == "INBOX"],
+            )
+            for m in messages
+        ]
+        try:
+            self._on_delivered(landed)
+        except ContactError:
+            log.exception("contact notices of %d messages not queued", len(landed))
 
     def _queue_outbound(self, messages: Sequence[_Message]) -> set[str]:
         """Hand the recipients of other operators to the outbound queue, in
