@@ -858,6 +858,11 @@ async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
         items.insert(0, imap.FetchItem("UID"))  # RFC 3501 §6.4.8
     opens = any(i.sets_seen for i in items)
     marks_seen = opens and not sel.read_only
+    # An owner's read is audited when it opens a message; anyone else's
+    # (delegate, proxy, break-glass) whenever it reads content, PEEK or not.
+    audits = opens or (
+        sel.target.grant.via is not Via.OWNER and any(_reads_content(i) for i in items)
+    )
     needs_structure = any(_reads_structure(i) for i in items)
     # Only the top-level header (BODY[HEADER...], RFC822.HEADER): it is read
     # without building the structure's tree.
@@ -960,7 +965,7 @@ async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
                 header = structure.header if structure is not None else headers.get(uid)
                 if needs_structure and header is None:
                     continue
-                if opens:
+                if audits:
                     _audit_read(c, sel, uid, structure)
                 info = fresh.get(uid) if fresh is not None else None
                 message = messages.get(uid)
@@ -1080,6 +1085,15 @@ async def _refresh(c: ImapConnection, sel: Selected) -> dict[int, MessageInfo]:
         if m.uid in known and m.uid not in sel.flags:
             sel.flags[m.uid] = m.flags
     return {m.uid: m for m in messages}
+
+
+def _reads_content(item: imap.FetchItem) -> bool:
+    """Whether a FETCH item returns message text (a header or body section)."""
+    return item.section is not None or item.name in (
+        "RFC822",
+        "RFC822.TEXT",
+        "RFC822.HEADER",
+    )
 
 
 def _audit_read(
