@@ -29,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 from cli import accounts, output
 from cli import audit as audit_cli
 from cli import mailbox as mailbox_cli
+from cli import patients as patients_cli
 from cli import queue as queue_cli
 from cli import send as send_cli
 from directory import identifiers as ids
@@ -288,6 +289,8 @@ async def cmd_add_patient(ctx: Context, d: Directory, a: argparse.Namespace) -> 
         birth_place=a.birth_place,
         qualified=a.qualified,
         address=address,
+        contact_email=a.contact_email,
+        contact_phone=a.contact_phone,
     )
     await d.add(entry)
     return _added(ctx, entry)
@@ -477,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue_cli.add_parser(top)
     send_cli.add_parser(top)
     mailbox_cli.add_parsers(top)
+    patients_cli.add_parser(top)
 
     dirp = top.add_parser("directory", help="manage the trust directory")
     sub = dirp.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
@@ -569,6 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the INS was qualified (gives a mailbox)",
     )
+    p.add_argument("--contact-email", default="", help="ordinary e-mail contact")
+    p.add_argument("--contact-phone", default="", help="mobile number, E.164")
 
     p = add(
         "add-operator",

@@ -11,6 +11,7 @@ DIT (``<base>`` is ``LdapConfig.base_dn``)::
      ├── ou=organisations   mssOrganisation   mssKey=<idNatStruct>
      ├── ou=mailboxes       mssMailbox        mssKey=<address>
      ├── ou=patients        mssPatient        mssKey=<INS matricule>
+     │    └── mssConsentSeq=<n>   mssConsentRecord  (the consent ledger)
      ├── ou=operators       mssOperator       mssKey=<domain>
      ├── ou=delegations     mssDelegation     mssKey=<account>|<mailbox>
      └── cn=meta            mssMetaStore      mssMeta: <name>=<value>
@@ -45,6 +46,20 @@ pool; each thread borrows a bound connection from a small pool (one operation
 at a time per connection) and a connection that failed is dropped, not reused.
 Imports fan their writes out over the pool.
 
+Consent ledger (:meth:`LdapDirectory.change_consent`): each record is a
+child of its patient, ``mssConsentSeq=<n>``, added once and never modified
+(the ACLs give the relay identity add but not write or delete on them,
+``conf/slapd/acl.ldif``). LDAP has no transaction over two entries, so the
+patient entry carries the ledger's head: ``mssConsentSeq`` (the record count)
+and ``mssConsentPending`` (the latest record). One modify changes the patient,
+moves the count from n to n+1 (delete value n, add n+1: it fails if another
+writer moved it first, and the change is then computed again) and sets the
+pending record, atomically; the child n+1 is added after. If that add never
+happens (a crash, a lost connection), the next change or history read of the
+patient adds it from ``mssConsentPending`` (an add that fails if the child
+exists, so it is added once). A change is therefore never without its
+record.
+
 Limits (see docs/directory-ldap.md): an import batch is not one transaction --
 OpenLDAP has no multi-entry transactions that ldap3 can drive, so a batch that
 fails halfway leaves the writes before the failure in place and raises
@@ -68,6 +83,7 @@ import warnings
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from directory import identifiers as ids
+from directory.consent import ConsentOutcome, next_record
 from directory.errors import (
     DirectoryUnavailableError,
     EntryExistsError,
@@ -75,6 +91,7 @@ from directory.errors import (
     ImmutableFieldError,
 )
 from directory.model import (
+    ConsentRecord,
     Delegation,
     Entry,
     Kind,
@@ -104,8 +121,10 @@ from directory.protocol import (
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+    from datetime import datetime
 
     from directory.config import LdapConfig
+    from directory.consent import ConsentChange
 
 # ldap3 2.9.1 imports names that pyasn1 >= 0.6 deprecates (tagMap, typeMap);
 # the warning is raised once, at import, and says nothing about our code.
@@ -113,8 +132,11 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import ldap3
     from ldap3.core.exceptions import (
+        LDAPAttributeOrValueExistsResult,
+        LDAPConstraintViolationResult,
         LDAPEntryAlreadyExistsResult,
         LDAPException,
+        LDAPNoSuchAttributeResult,
         LDAPNoSuchObjectResult,
     )
     from ldap3.utils.conv import escape_filter_chars
@@ -136,6 +158,9 @@ _PAGE_SIZE: Final = 1000
 # Below this many writes, fanning out over the pool costs more than it saves.
 _MIN_WRITES_PER_THREAD: Final = 32
 _DEFAULT_PORTS: Final = {"ldap": 389, "ldaps": 636}
+# Tries of a consent change that another writer keeps overtaking.
+_CONSENT_TRIES: Final = 20
+_CONSENT_CLASS: Final = "mssConsentRecord"
 _TRUE: Final = "TRUE"  # RFC 4517 §3.3.3 Boolean
 _FALSE: Final = "FALSE"
 
@@ -220,6 +245,7 @@ _FIELDS: Final[Mapping[Kind, tuple[tuple[str, str, Codec], ...]]] = {
         ("proxies", "mssProxyGrant", _Q),
         ("contact_email", "mssContactEmail", _T),
         ("contact_phone", "mssContactPhone", _T),
+        ("break_glass", "mssBreakGlass", _Q),
         *_COMMON,
     ),
     Kind.DELEGATION: (
@@ -1059,6 +1085,117 @@ class LdapDirectory:
         dn: str, change: Mapping[str, list[Change]]
     ) -> Callable[[ldap3.Connection], None]:
         return lambda conn: _ldap_modify(conn, dn, change)
+
+    # --- consent ledger ------------------------------------------------------
+
+    def _record_dn(self, ins: str, sequence: int) -> str:
+        return f"mssConsentSeq={sequence},{self._dn(Kind.PATIENT, ins)}"
+
+    def _add_record(self, conn: ldap3.Connection, record: ConsentRecord) -> None:
+        """Add a ledger record; nothing if it is there already (added once)."""
+        attrs = {
+            "objectClass": [_CONSENT_CLASS],
+            "mssConsentSeq": [str(record.sequence)],
+            "mssConsentData": [_json(record.as_json())],
+        }
+        with contextlib.suppress(LDAPEntryAlreadyExistsResult):
+            _ldap_add(conn, self._record_dn(record.ins, record.sequence), attrs)
+
+    def _patient_head(
+        self, conn: ldap3.Connection, ins: str
+    ) -> tuple[Patient, int, ConsentRecord | None]:
+        """The stored patient, its record count, its latest record (pending)."""
+        conn.search(
+            self._container(Kind.PATIENT),
+            _eq("mssKey", ins),
+            search_scope=ldap3.LEVEL,
+            attributes=["*"],
+        )
+        found = [_raw(r) for r in _entries_of(conn)]
+        if not found:
+            raise EntryNotFoundError(Kind.PATIENT.value, ins)
+        patient = decode(Kind.PATIENT, found[0])
+        assert isinstance(patient, Patient)  # noqa: S101 - kind invariant
+        count = int(_first(found[0], "mssConsentSeq") or "0")
+        pending_text = _first(found[0], "mssConsentPending")
+        pending = (
+            ConsentRecord.from_json(json.loads(pending_text)) if pending_text else None
+        )
+        return patient, count, pending
+
+    def _change_consent(
+        self, ins: str, change: ConsentChange, actor: str, now: datetime
+    ) -> ConsentOutcome:
+        with self._pool.connection() as conn:
+            for _ in range(_CONSENT_TRIES):
+                patient, count, pending = self._patient_head(conn, ins)
+                if pending is not None:  # an earlier change may lack its child
+                    self._add_record(conn, pending)
+                done = next_record(
+                    patient, change, actor=actor, now=now, sequence=count + 1
+                )
+                if done is None:
+                    return ConsentOutcome(patient, None)
+                updated, record = done
+                changes: dict[str, list[Change]] = {
+                    a: [(ldap3.MODIFY_REPLACE, v)]
+                    for a, v in encode(updated).items()
+                    if a != "mssKey"
+                }
+                changes["mssDigest"] = [
+                    (ldap3.MODIFY_REPLACE, [content_digest(updated)])
+                ]
+                # Compare-and-set of the count: deleting a value that is not
+                # there fails, and so does adding a second value.
+                changes["mssConsentSeq"] = [
+                    *([(ldap3.MODIFY_DELETE, [str(count)])] if count else []),
+                    (ldap3.MODIFY_ADD, [str(record.sequence)]),
+                ]
+                changes["mssConsentPending"] = [
+                    (ldap3.MODIFY_REPLACE, [_json(record.as_json())])
+                ]
+                try:
+                    _ldap_modify(conn, self._dn(Kind.PATIENT, ins), changes)
+                except (
+                    LDAPNoSuchAttributeResult,
+                    LDAPAttributeOrValueExistsResult,
+                    LDAPConstraintViolationResult,
+                ):
+                    continue  # another writer moved the count: compute again
+                self._add_record(conn, record)
+                return ConsentOutcome(updated, record)
+        msg = f"ldap: consent change of {ins}: other writers kept overtaking it"
+        raise DirectoryUnavailableError(msg)
+
+    async def change_consent(
+        self, ins: str, change: ConsentChange, *, actor: str, now: datetime
+    ) -> ConsentOutcome:
+        canonical = canonical_key(Kind.PATIENT, ins)
+        return await self._run(
+            "change_consent", self._change_consent, canonical, change, actor, now
+        )
+
+    def _consent_history(self, ins: str) -> list[ConsentRecord]:
+        with self._pool.connection() as conn:
+            _, _, pending = self._patient_head(conn, ins)
+            if pending is not None:
+                self._add_record(conn, pending)
+            conn.search(
+                self._dn(Kind.PATIENT, ins),
+                f"(objectClass={_CONSENT_CLASS})",
+                search_scope=ldap3.LEVEL,
+                attributes=["mssConsentData"],
+            )
+            texts = [_first(_raw(r), "mssConsentData") for r in _entries_of(conn)]
+        records = [ConsentRecord.from_json(json.loads(t)) for t in texts if t]
+        return sorted(records, key=lambda r: r.sequence)
+
+    async def consent_history(self, ins: str) -> list[ConsentRecord]:
+        canonical = canonical_key(Kind.PATIENT, ins)
+        try:
+            return await self._run("consent_history", self._consent_history, canonical)
+        except EntryNotFoundError:
+            return []
 
     # --- meta --------------------------------------------------------------
 

@@ -43,7 +43,7 @@ import operator
 import types
 import typing
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Final, TypeAlias
 
 from directory import identifiers as ids
@@ -103,6 +103,20 @@ class CareKind(enum.StrEnum):
     TREATING = "treating"  # the patient's declared treating doctor
 
 
+class ConsentAction(enum.StrEnum):
+    """What a consent ledger record says happened (closed set)."""
+
+    OPT_OUT = "opt-out"
+    OPT_IN = "opt-in"
+    BLOCK = "block"
+    UNBLOCK = "unblock"
+    PROXY_GRANTED = "proxy-granted"
+    PROXY_REVOKED = "proxy-revoked"
+    CONTACT_CHANGED = "contact-changed"
+    TREATING_DOCTOR_SET = "treating-doctor-set"
+    BREAK_GLASS_OPENED = "break-glass-opened"
+
+
 class Kind(enum.StrEnum):
     PRACTITIONER = "practitioner"
     ORGANISATION = "organisation"
@@ -117,6 +131,13 @@ SOURCE_MSSANTE: Final = "mssante"
 SOURCE_RPPS: Final = "rpps"
 SOURCE_WHITELIST: Final = "whitelist"
 PATIENT_SUBDOMAIN: Final = "patient."
+# The longest break-glass access an administrator may open at once.
+BREAK_GLASS_MAX: Final = timedelta(hours=24)
+# What a consent record's detail may name (never free text: see ConsentRecord).
+CONSENT_DETAIL_KEYS: Final = frozenset(
+    {"party", "account", "scope", "until", "email", "phone", "doctor", "replaced"}
+)
+_CONSENT_TEXT_MAX: Final = 320  # an address is at most 254 characters
 
 _FROZEN = {"frozen": True, "slots": True, "kw_only": True}
 
@@ -293,6 +314,38 @@ class ProxyGrant:
 
 
 @dataclass(**_FROZEN)
+class BreakGlassGrant:
+    """An administrator's emergency read-only access to a patient's mailbox.
+
+    Kept apart from :class:`ProxyGrant` on purpose: nothing that treats
+    proxies as the patient's trusted persons (sending on their behalf,
+    recovery) can mistake an administrator for one. It never allows sending;
+    it lasts at most :data:`BREAK_GLASS_MAX`, and a reason is required.
+    """
+
+    account: str
+    reason: str
+    opened_at: datetime
+    expires: datetime
+    opened_by: str = ""  # who asked for it (the CLI's --actor)
+
+    def __post_init__(self) -> None:
+        _require("account", self.account)
+        _require("reason", self.reason)
+        _check_aware("opened_at", self.opened_at)
+        _check_aware("expires", self.expires)
+        if not self.opened_at < self.expires <= self.opened_at + BREAK_GLASS_MAX:
+            raise InvalidFieldError(
+                "expires",
+                self.expires.isoformat(),
+                "must be after the opening and at most 24 hours later",
+            )
+
+    def active_at(self, now: datetime) -> bool:
+        return self.opened_at <= now < self.expires
+
+
+@dataclass(**_FROZEN)
 class CareRelationship:
     """A professional or organisation the patient may write to first."""
 
@@ -320,6 +373,7 @@ class Patient:
     blocked_senders: tuple[str, ...] = ()
     care_relationships: tuple[CareRelationship, ...] = ()
     proxies: tuple[ProxyGrant, ...] = ()
+    break_glass: tuple[BreakGlassGrant, ...] = ()
     # The patient's ordinary contact, told (without health data) that a secure
     # message waits, and used for account activation and recovery.
     contact_email: str = ""
@@ -441,6 +495,76 @@ class Operator:
         dn = ids.distinguished_name(subject_dn)
         return self.status is Status.ACTIVE and any(
             c.subject_dn == dn for c in self.certificates
+        )
+
+
+def _plain_text(field_name: str, value: str, limit: int) -> None:
+    """Short text with no control character (no line a log could split)."""
+    if len(value) > limit or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise InvalidFieldError(
+            field_name, value, f"must be at most {limit} printable characters"
+        )
+
+
+@dataclass(**_FROZEN)
+class ConsentRecord:
+    """One record of a patient's consent ledger: who changed what, when.
+
+    The ledger is append-only: a record is never changed nor removed, and
+    ``sequence`` counts a patient's records from 1 without a gap. ``detail``
+    names only identifiers (the blocked party, the proxy account, its scope
+    and expiry, which contact changed): keys from :data:`CONSENT_DETAIL_KEYS`,
+    short values, never free text (a record is shown to the patient and to
+    admins; health data must not get in). A break-glass reason goes to the
+    audit trail and the patient's notice, not here.
+    """
+
+    ins: str
+    sequence: int
+    time: datetime
+    actor: str
+    action: ConsentAction
+    detail: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ins", ids.ins(self.ins))
+        if self.sequence < 1:
+            raise InvalidFieldError("sequence", self.sequence, "must be 1 or more")
+        _check_aware("time", self.time)
+        _require("actor", self.actor)
+        _plain_text("actor", self.actor, 128)
+        object.__setattr__(self, "action", ConsentAction(self.action))
+        for key, value in self.detail:
+            if key not in CONSENT_DETAIL_KEYS:
+                raise InvalidFieldError("detail", key, "not a consent detail key")
+            _plain_text(f"detail.{key}", value, _CONSENT_TEXT_MAX)
+        object.__setattr__(self, "detail", tuple(sorted(dict(self.detail).items())))
+
+    @property
+    def details(self) -> dict[str, str]:
+        return dict(self.detail)
+
+    def as_json(self) -> dict[str, JSON]:
+        """A JSON-compatible dict (what the backends store and the CLI prints)."""
+        return {
+            "ins": self.ins,
+            "sequence": self.sequence,
+            "time": self.time.isoformat(),
+            "actor": self.actor,
+            "action": self.action.value,
+            "detail": self.details,
+        }
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, JSON]) -> ConsentRecord:
+        """The inverse of :meth:`as_json` (validates again)."""
+        return cls(
+            ins=record["ins"],
+            sequence=int(record["sequence"]),
+            time=datetime.fromisoformat(record["time"]),
+            actor=record["actor"],
+            action=ConsentAction(record["action"]),
+            detail=tuple((str(k), str(v)) for k, v in record["detail"].items()),
         )
 
 

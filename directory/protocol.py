@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from directory.model import (
     Delegation,
@@ -41,6 +41,12 @@ from directory.model import (
     key_of,
     with_status,
 )
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from directory.consent import ConsentChange, ConsentOutcome
+    from directory.model import ConsentRecord
 
 Merge = Callable[[Entry, Entry], Entry]
 
@@ -268,6 +274,25 @@ class Directory(Protocol):
     async def suspend_absent(self, kind: Kind, run: ImportRun) -> list[str]:
         """Suspend active entries of ``run.source`` not seen by the run;
         returns their keys."""
+        ...
+
+    # --- patients' consent -------------------------------------------------
+    async def change_consent(
+        self, ins: str, change: ConsentChange, *, actor: str, now: datetime
+    ) -> ConsentOutcome:
+        """Apply ``change`` to the stored patient and append its ledger record,
+        together: both are stored or neither (sqlite: one transaction; LDAP:
+        see :mod:`directory.ldap`). Concurrent changes to one patient are
+        applied one after the other, each to the other's result.
+
+        Raises:
+            EntryNotFoundError: no such patient (or what the change removes).
+            InvalidFieldError: the change does not apply as given.
+        """
+        ...
+
+    async def consent_history(self, ins: str) -> list[ConsentRecord]:
+        """The patient's consent ledger, by sequence (empty if none)."""
         ...
 
     async def get_meta(self, name: str) -> str | None:

@@ -17,6 +17,11 @@ Storage layout (one file, ``directory.sqlite3`` in the data directory):
 - ``operator_dns``: normalised subject DN -> operator domain.
 - ``proxies``: account -> INS of each patient granting it a proxy (filled
   for files made before it existed when they are opened).
+- ``consent_ledger``: each patient's consent records, ``(ins, sequence)``
+  key, ``record`` the JSON of :meth:`ConsentRecord.as_json`. Append-only:
+  triggers abort any UPDATE or DELETE, and an INSERT whose sequence is not
+  the patient's next (so ``INSERT OR REPLACE`` cannot overwrite a record). A record and the patient change it describes are
+  written in one transaction (:meth:`SqliteDirectory.change_consent`).
 - ``meta``: small named values.
 
 Decoding: ``data`` was written here from a validated entry, so it is decoded
@@ -50,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import operator
 import sqlite3
 import threading
@@ -57,6 +63,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from directory import identifiers as ids
+from directory.consent import ConsentOutcome, next_record
 from directory.errors import (
     DirectoryUnavailableError,
     EntryExistsError,
@@ -64,6 +71,7 @@ from directory.errors import (
     ImmutableFieldError,
 )
 from directory.model import (
+    ConsentRecord,
     Delegation,
     Entry,
     Kind,
@@ -100,7 +108,10 @@ if TYPE_CHECKING:
         Mapping,
         Sequence,
     )
+    from datetime import datetime
     from pathlib import Path
+
+    from directory.consent import ConsentChange
 
 T = TypeVar("T")
 
@@ -162,6 +173,24 @@ CREATE TABLE IF NOT EXISTS proxies (
     PRIMARY KEY (account, ins)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS proxies_ins ON proxies(ins);
+CREATE TABLE IF NOT EXISTS consent_ledger (
+    ins TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (ins, sequence)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS consent_ledger_no_update
+    BEFORE UPDATE ON consent_ledger
+    BEGIN SELECT RAISE(ABORT, 'the consent ledger is append-only'); END;
+-- REPLACE deletes without firing DELETE triggers: a record must come next.
+CREATE TRIGGER IF NOT EXISTS consent_ledger_next_only
+    BEFORE INSERT ON consent_ledger
+    WHEN NEW.sequence <> 1 + (SELECT coalesce(max(sequence), 0)
+                              FROM consent_ledger WHERE ins = NEW.ins)
+    BEGIN SELECT RAISE(ABORT, 'the consent ledger is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS consent_ledger_no_delete
+    BEFORE DELETE ON consent_ledger
+    BEGIN SELECT RAISE(ABORT, 'the consent ledger is append-only'); END;
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -1069,6 +1098,56 @@ class SqliteDirectory:
 
     async def suspend_absent(self, kind: Kind, run: ImportRun) -> list[str]:
         return await self._run(self._suspend_absent, kind, run)
+
+    # --- consent ledger ------------------------------------------------------
+
+    def _change_consent(
+        self, ins: str, change: ConsentChange, actor: str, now: datetime
+    ) -> ConsentOutcome:
+        with self._transaction() as db:
+            patient = self._get_on(db, Kind.PATIENT, ins)
+            if not isinstance(patient, Patient):
+                raise EntryNotFoundError(Kind.PATIENT.value, ins)
+            (last,) = db.execute(
+                "SELECT coalesce(max(sequence), 0) FROM consent_ledger WHERE ins=?",
+                (ins,),
+            ).fetchone()
+            done = next_record(
+                patient, change, actor=actor, now=now, sequence=int(last) + 1
+            )
+            if done is None:
+                return ConsentOutcome(patient, None)
+            updated, record = done
+            db.execute(
+                "INSERT INTO consent_ledger (ins, sequence, record) VALUES (?,?,?)",
+                (ins, record.sequence, json.dumps(record.as_json(), sort_keys=True)),
+            )
+            row = db.execute(
+                "SELECT status_origin, last_run FROM entries WHERE kind=? AND key=?",
+                (Kind.PATIENT.value, ins),
+            ).fetchone()
+            self._write_rows(
+                db,
+                [updated],
+                [self._encoded_row(updated, StatusOrigin(row[0]), row[1])],
+            )
+            return ConsentOutcome(updated, record)
+
+    async def change_consent(
+        self, ins: str, change: ConsentChange, *, actor: str, now: datetime
+    ) -> ConsentOutcome:
+        canonical = canonical_key(Kind.PATIENT, ins)
+        return await self._run(self._change_consent, canonical, change, actor, now)
+
+    def _consent_history(self, ins: str) -> list[ConsentRecord]:
+        rows = self._db.execute(
+            "SELECT record FROM consent_ledger WHERE ins=? ORDER BY sequence", (ins,)
+        ).fetchall()
+        return [ConsentRecord.from_json(json.loads(text)) for (text,) in rows]
+
+    async def consent_history(self, ins: str) -> list[ConsentRecord]:
+        canonical = canonical_key(Kind.PATIENT, ins)
+        return await self._run(self._consent_history, canonical)
 
     def _get_meta(self, name: str) -> str | None:
         row = self._db.execute(

@@ -71,6 +71,9 @@ DEFAULT_DRAIN_TIMEOUT: Final = 10.0
 STORE_DIR_NAME: Final = "mail"
 # With acceptor processes, how often the relay looks for their spool files.
 SPOOL_POLL_INTERVAL: Final = 0.02
+# Without them, how often it looks for spool files the CLI wrote (the
+# break-glass notice of ``mssante patient break-glass``).
+ADMIN_SPOOL_POLL_INTERVAL: Final = 1.0
 ACCEPTOR_START_TIMEOUT: Final = 60.0
 # How long shutdown waits for messages between DATA and their reply.
 SETTLE_TIMEOUT: Final = 30.0
@@ -543,7 +546,12 @@ async def run_relay(
             dispatcher.start()
             stack.push_async_callback(dispatcher.stop)
         # Acceptor processes write to the spool; the relay looks at it often.
-        delivery.start(poll_interval=SPOOL_POLL_INTERVAL if processes > 1 else None)
+        # The CLI may too (patient notices): then once a second.
+        delivery.start(
+            poll_interval=SPOOL_POLL_INTERVAL
+            if processes > 1
+            else ADMIN_SPOOL_POLL_INTERVAL
+        )
         stack.push_async_callback(delivery.stop)
         directory = acceptance.directory
         if outbound_queue is not None:

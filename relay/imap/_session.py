@@ -14,8 +14,12 @@ What must stay true:
   delegation for, and patients' mailboxes whose entry grants it an active
   proxy. Any other name is ``NO [NONEXISTENT]``, exactly as a folder that does
   not exist: the reply never tells that another account's mailbox exists.
-- Read-only grants (delegation scope ``read``, proxy scope ``read``) select
-  folders read-only: no flag change, no expunge, no append, copy or move in.
+- Read-only grants (delegation scope ``read``, proxy scope ``read``, an
+  administrator's break-glass access) select folders read-only: no flag
+  change, no expunge, no append, copy or move in.
+- A patient's grants (proxy, break-glass) are checked again each time a
+  client names the mailbox, and a selected folder's reads (FETCH, SEARCH)
+  stop at the grant's expiry: a revoked or expired grant reads nothing more.
 - Untagged EXPUNGE is sent only between commands, never during FETCH, STORE
   or SEARCH (RFC 3501 §7.4.1), so sequence numbers do not shift under a
   client's feet; pending changes wait in :attr:`Selected.pending`.
@@ -63,6 +67,7 @@ class Via(enum.StrEnum):
     OWNER = "owner"
     DELEGATION = "delegation"
     PROXY = "proxy"
+    BREAK_GLASS = "break-glass"  # an administrator's emergency access, read-only
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +75,14 @@ class Grant:
     address: str
     via: Via
     writable: bool
+    expires: datetime | None = None  # a proxy's or break-glass grant's end
+
+    @property
+    def checked_on_use(self) -> bool:
+        """Granted by the patient's entry: looked up again at every SELECT,
+        EXAMINE or other name a client gives, so a revoke or an expiry ends
+        it without a new login."""
+        return self.via in (Via.PROXY, Via.BREAK_GLASS)
 
 
 @dataclass(frozen=True, slots=True)

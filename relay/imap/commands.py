@@ -342,46 +342,50 @@ async def _access(c: ImapConnection, account: Account) -> Access:
     except DirectoryError:
         patients = []  # they stay reachable by name (_proxy_grant)
     for patient in patients:
-        grant = _active_proxy(patient, account.login, now)
-        if (
-            grant is not None
-            and patient.address
-            and patient.address not in access.grants
-        ):
-            access.grants[patient.address] = Grant(patient.address, Via.PROXY, grant)
+        grant = _patient_grant(patient, account.login, now)
+        if grant is not None and grant.address not in access.grants:
+            access.grants[grant.address] = grant
     for address in access.grants:
         await c.store(c.ctx.store.ensure_mailbox, address)
     return access
 
 
-def _active_proxy(patient: Patient, login: str, now: datetime) -> bool | None:
-    """None without an active grant for ``login``; else whether it may reply."""
-    if patient.status is not Status.ACTIVE:
+def _patient_grant(patient: Patient, login: str, now: datetime) -> Grant | None:
+    """``login``'s active grant on the patient's mailbox: a proxy (writable
+    when it may reply), else an administrator's break-glass access (always
+    read-only); None without one."""
+    if patient.status is not Status.ACTIVE or not patient.address:
         return None
     for grant in patient.proxies:
         if grant.account == login and grant.active_at(now):
-            return grant.scope is ProxyScope.READ_REPLY
+            writable = grant.scope is ProxyScope.READ_REPLY
+            return Grant(patient.address, Via.PROXY, writable, grant.expires)
+    for opened in patient.break_glass:
+        if opened.account == login and opened.active_at(now):
+            return Grant(patient.address, Via.BREAK_GLASS, False, opened.expires)
     return None
 
 
 async def _proxy_grant(c: ImapConnection, address: str) -> Grant | None:
-    """A patient's proxy grant for the logged-in account, checked on use.
+    """A patient's grant (proxy, break-glass) for the logged-in account,
+    checked on use.
 
     Proxied mailboxes are listed at login (``patients_with_proxy``); a grant
-    added since is found here when the proxy names the mailbox
-    (``Shared/<address>/INBOX``).
+    added since, and a break-glass access (never listed), are found here when
+    the account names the mailbox (``Shared/<address>/INBOX``). A grant that
+    ended is forgotten (fail closed: so is one the directory cannot confirm).
     """
     assert c.access is not None  # noqa: S101 - authenticated state
+    c.access.grants.pop(address, None)
     try:
         entry = await c.ctx.directory.resolve(address)
     except DirectoryError:
         return None
     if not isinstance(entry, Patient):
         return None
-    writable = _active_proxy(entry, c.access.account.login, c.ctx.clock())
-    if writable is None:
+    g = _patient_grant(entry, c.access.account.login, c.ctx.clock())
+    if g is None:
         return None
-    g = Grant(address, Via.PROXY, writable)
     c.access.grants[address] = g
     await c.store(c.ctx.store.ensure_mailbox, address)
     return g
@@ -390,21 +394,24 @@ async def _proxy_grant(c: ImapConnection, address: str) -> Grant | None:
 async def resolve(c: ImapConnection, name: str) -> Target:
     assert c.access is not None  # noqa: S101 - authenticated state
     try:
-        return c.access.resolve(name)
+        target = c.access.resolve(name)
     except CommandRefusedError:
-        head, _, rest = name.partition(DELIMITER)
-        address = rest.partition(DELIMITER)[0]
-        if head == SHARED_PREFIX and "@" in address:
-            grant = await _proxy_grant(c, address)
-            if grant is not None:
-                return c.access.resolve(name)
-        c.ctx.audit.emit(
-            AuditEvent.IMAP_ACCESS_REFUSED,
-            cid=c.cid,
-            actor=c.access.account.login,
-            mailbox=address or None,
-        )
-        raise
+        target = None
+    if target is not None and not target.grant.checked_on_use:
+        return target
+    head, _, rest = name.partition(DELIMITER)
+    address = rest.partition(DELIMITER)[0]
+    if head == SHARED_PREFIX and "@" in address:
+        grant = await _proxy_grant(c, address)
+        if grant is not None:
+            return c.access.resolve(name)
+    c.ctx.audit.emit(
+        AuditEvent.IMAP_ACCESS_REFUSED,
+        cid=c.cid,
+        actor=c.access.account.login,
+        mailbox=address or None,
+    )
+    raise CommandRefusedError("NONEXISTENT", "No such mailbox")
 
 
 def _writable(target: Target) -> None:
@@ -729,6 +736,15 @@ def _sel(c: ImapConnection) -> Selected:
     return c.selected
 
 
+def _readable(c: ImapConnection) -> Selected:
+    """The selected folder, if the grant that opened it has not expired."""
+    sel = _sel(c)
+    expires = sel.target.grant.expires
+    if expires is not None and c.ctx.clock() >= expires:
+        raise CommandRefusedError("NOPERM", "Access to this mailbox has ended")
+    return sel
+
+
 async def cmd_check(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
     _args(cmd, 0, 0)
     return Done("CHECK completed")
@@ -835,7 +851,7 @@ def _messages_for(
 
 async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
     _args(cmd, 2)
-    sel = _sel(c)
+    sel = _readable(c)
     targets = _messages_for(c, cmd, cmd.args[0])
     items = imap.parse_fetch_items(cmd.args[1] if len(cmd.args) == 2 else cmd.args[1:])
     if cmd.uid and not any(i.name == "UID" for i in items):
@@ -853,8 +869,17 @@ async def cmd_fetch(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
         for i in items
     )
     # A read is content fetched, \Seen or not (BODY.PEEK[] reads as much as
-    # BODY[]): audited once per message and selection (DESIGN §7).
-    opens = needs_message or any(i.sets_seen for i in items)
+    # BODY[]), and for anyone but the owner (delegate, proxy, break-glass) any
+    # header too (a Subject can say as much as a body): audited once per
+    # message and selection (DESIGN §7).
+    opens = (
+        needs_message
+        or any(i.sets_seen for i in items)
+        or (
+            sel.target.grant.via is not Via.OWNER
+            and any(_reads_content(i) for i in items)
+        )
+    )
     cache = sel.read_cache()
     # FLAGS, and \Seen to set, are read fresh from the store (one call); the
     # internal date and size never change and come from the session's cache.
@@ -1068,6 +1093,15 @@ async def _refresh(c: ImapConnection, sel: Selected) -> dict[int, MessageInfo]:
     return {m.uid: m for m in messages}
 
 
+def _reads_content(item: imap.FetchItem) -> bool:
+    """Whether a FETCH item returns message text (a header or body section)."""
+    return item.section is not None or item.name in (
+        "RFC822",
+        "RFC822.TEXT",
+        "RFC822.HEADER",
+    )
+
+
 def _audit_read(
     c: ImapConnection, sel: Selected, uid: int, structure: ParsedStructure | None
 ) -> None:
@@ -1253,7 +1287,7 @@ async def cmd_move(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
 
 
 async def cmd_search(c: ImapConnection, cmd: imap.CommandReceived) -> Done:
-    sel = _sel(c)
+    sel = _readable(c)
     charset, key = imap.parse_search(cmd.args)
     if charset not in (None, "UTF-8", "US-ASCII"):
         raise CommandRefusedError("BADCHARSET (UTF-8 US-ASCII)", "Unsupported charset")

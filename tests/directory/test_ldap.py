@@ -340,3 +340,27 @@ async def test_large_import_pages_and_streams_in_key_order(
         await ldap_directory.suspend_absent(Kind.MAILBOX, ImportRun("mssante", "r2"))
         == []
     )
+
+
+async def test_relay_identity_cannot_change_or_delete_consent_records(
+    slapd: SlapdServer, populated: LdapDirectory
+) -> None:
+    from directory.consent import OptOut
+
+    await populated.change_consent(samples.INS_1, OptOut(), actor="cli", now=samples.T0)
+    base = slapd.slapd.base_dn
+    dn = f"mssConsentSeq=1,mssKey={samples.INS_1},ou=patients,{base}"
+    relay = {"bind_dn": slapd.relay_dn, "password_file": slapd.relay_password_file}
+    modify = slapd.slapd.run_tool(
+        "ldapmodify",
+        stdin=f"dn: {dn}\nchangetype: modify\nreplace: mssConsentData\nmssConsentData: {{}}\n",
+        **relay,  # type: ignore[arg-type]
+    )
+    delete = slapd.slapd.run_tool("ldapdelete", dn, **relay)  # type: ignore[arg-type]
+    assert (modify.returncode, delete.returncode) == (
+        50,
+        50,
+    )  # insufficientAccessRights
+    [record] = await populated.consent_history(samples.INS_1)
+    assert record.details == {}
+    assert record.actor == "cli"
