@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 from cli import accounts, output
 from cli import audit as audit_cli
+from cli import enrolment as enrolment_cli
 from cli import mailbox as mailbox_cli
 from cli import queue as queue_cli
 from cli import send as send_cli
@@ -477,6 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
     queue_cli.add_parser(top)
     send_cli.add_parser(top)
     mailbox_cli.add_parsers(top)
+
+    patient = top.add_parser("patient", help="patient accounts and control")
+    patient_sub = patient.add_subparsers(
+        dest="command", required=True, metavar="SUBCOMMAND"
+    )
+    enrolment_cli.add_enrolment_commands(patient_sub)
 
     dirp = top.add_parser("directory", help="manage the trust directory")
     sub = dirp.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")

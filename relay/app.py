@@ -36,6 +36,7 @@ from relay.accounts import (
 )
 from relay.audit import AUDIT_FILE_NAME, AuditEvent, AuditTrail
 from relay.config import PatientReadReceipts
+from relay.enrolment import Enrolment, notifier_for, site_url
 from relay.imap import ImapContext, ImapServer
 from relay.oauth import verifier_for
 from relay.queue.commit import SpoolCommitter
@@ -52,6 +53,7 @@ from relay.smtp.server import RelaySMTP
 from relay.store import MailStore, MasterKey
 from relay.threads import ThreadStore
 from relay.tls import TlsConfigError, client_context, server_context
+from relay.web import WebError, serve_web
 
 if TYPE_CHECKING:
     import ssl
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
 
     from directory.protocol import Directory
     from relay.config import Config, Listener
+    from relay.contact import ContactNotifier
 
 log = logging.getLogger("mssante.relay")
 
@@ -67,6 +70,9 @@ DEFAULT_DRAIN_TIMEOUT: Final = 10.0
 STORE_DIR_NAME: Final = "mail"
 # With acceptor processes, how often the relay looks for their spool files.
 SPOOL_POLL_INTERVAL: Final = 0.02
+# Without them, how often it looks for files admin commands spooled (a
+# recovery code for a caregiver): one directory listing a second.
+ADMIN_SPOOL_POLL_INTERVAL: Final = 1.0
 ACCEPTOR_START_TIMEOUT: Final = 60.0
 # How long shutdown waits for messages between DATA and their reply.
 SETTLE_TIMEOUT: Final = 30.0
@@ -463,8 +469,13 @@ async def run_relay(
     *,
     clock: Callable[[], datetime] = _now,
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    notifier: ContactNotifier | None = None,
 ) -> AsyncIterator[RunningRelay]:
-    """Start the relay described by ``cfg``; stop it when the block exits."""
+    """Start the relay described by ``cfg``; stop it when the block exits.
+
+    ``notifier`` reaches patients' ordinary contacts (default: the channels
+    of ``cfg``).
+    """
     if cfg.tls is None:
         raise RelayError("tls: the [tls] table is required to serve")
     processes = cfg.smtp.processes
@@ -517,7 +528,11 @@ async def run_relay(
         )
         [delivery] = made
         # Acceptor processes write to the spool; the relay looks at it often.
-        delivery.start(poll_interval=SPOOL_POLL_INTERVAL if processes > 1 else None)
+        delivery.start(
+            poll_interval=SPOOL_POLL_INTERVAL
+            if processes > 1
+            else ADMIN_SPOOL_POLL_INTERVAL
+        )
         stack.push_async_callback(delivery.stop)
         directory = acceptance.directory
         if outbound_queue is not None:
@@ -601,6 +616,29 @@ async def run_relay(
             running.servers.append(server)
             host, port = server.sockets[0].getsockname()[:2]
             running.addresses[name] = (host, port)
+        if cfg.web.listener.enabled:
+            # Enrolment and recovery over HTTPS (issue 10), TLS as the relay's.
+            enrolment = Enrolment(
+                accounts=accounts,
+                directory=directory,
+                audit=audit,
+                notifier=notifier or notifier_for(cfg),
+                settings=cfg.enrolment,
+                web=cfg.web,
+                patient_domain=cfg.relay.patient_domain,
+                site=site_url(cfg),
+                clock=clock,
+            )
+            try:
+                running.addresses["web"] = await stack.enter_async_context(
+                    serve_web(
+                        cfg.web.listener,
+                        server_context(cfg.tls, ask_client_certificate=False),
+                        enrolment,
+                    )
+                )
+            except WebError as exc:
+                raise RelayError(str(exc)) from exc
         audit.emit(
             AuditEvent.RELAY_STARTED,
             listeners={k: f"{h}:{p}" for k, (h, p) in running.addresses.items()},
