@@ -253,6 +253,10 @@ async def test_enrolled_patient_activates_over_https_then_logs_in_over_imap(
     status, body = await activate(web, code.lower())  # typed in any case
     assert (status, "Compte activé" in body) == (200, True)
     assert await asyncio.to_thread(lambda: web.imap_login(LOGIN, NEW_PASSWORD))
+    usage = web.h.running.accounts.usage_of(LOGIN)
+    assert usage is not None
+    assert usage.activated is not None
+    assert usage.last_login is not None  # the IMAP login was noted
 
     # The code worked once.
     status, _ = await activate(web, code, OTHER_PASSWORD)
