@@ -637,3 +637,21 @@ async def test_without_a_contact_channel_enrolment_by_contact_fails_and_voids_th
     with pytest.raises(NoticeFailedError, match=r"^contact: "):
         await service.enrol(PATIENT_2.ins, Delivery.CONTACT)
     assert web.h.running.accounts.code_expiry(LOGIN, CodePurpose.ACTIVATION) is None
+
+
+def test_web_and_enrolment_tables_are_validated(tmp_path: Path) -> None:
+    from relay.config import ConfigError, parse
+
+    base = {"relay": {"data_dir": "d", "domain": "mssante.example"}}
+    cfg = parse({**base, "web": {"port": 8443}}, tmp_path)
+    assert cfg.web.listener.enabled
+    assert cfg.enrolment.activation_code_days == 14.0
+    assert not parse(base, tmp_path).web.listener.enabled
+    with pytest.raises(ConfigError, match=r"^web\.public_url: "):
+        parse({**base, "web": {"public_url": "http://x"}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"^enrolment\.max_code_failures: "):
+        parse({**base, "enrolment": {"max_code_failures": 0}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"^enrolment\.recovery_code_hours: "):
+        parse({**base, "enrolment": {"recovery_code_hours": 0}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"^web\.colour: unknown key"):
+        parse({**base, "web": {"colour": "blue"}}, tmp_path)
