@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 from cli import accounts, output
 from cli import audit as audit_cli
+from cli import enrolment as enrolment_cli
 from cli import mailbox as mailbox_cli
 from cli import patients as patients_cli
 from cli import queue as queue_cli
@@ -77,6 +78,7 @@ from relay.accounts import AccountError, AccountExistsError, AccountNotFoundErro
 from relay.app import RelayError, load_master_key
 from relay.audit import AUDIT_FILE_NAME, AuditError, AuditEvent, AuditTrail
 from relay.config import DEFAULT_CONFIG_PATH, Config, ConfigError, RelaySettings, load
+from relay.notify import NoticeSetupError
 from relay.queue.outbound import OutboundError, UnknownQueueIdError
 from relay.store import StoreError
 from relay.tls import TlsConfigError
@@ -480,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue_cli.add_parser(top)
     send_cli.add_parser(top)
     mailbox_cli.add_parsers(top)
-    patients_cli.add_parser(top)
+    enrolment_cli.add_enrolment_commands(patients_cli.add_parser(top))
 
     dirp = top.add_parser("directory", help="manage the trust directory")
     sub = dirp.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
@@ -713,6 +715,7 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
         UsageError,
         ConfigError,
         TlsConfigError,
+        NoticeSetupError,
         ValueError,
     ) as exc:
         return _fail(exc, EXIT_INVALID)

@@ -58,6 +58,7 @@ from relay.accounts import AccountStore
 from relay.app import STORE_DIR_NAME, load_master_key
 from relay.audit import AuditEvent
 from relay.contact import ContactError, ContactNotice, NoticeKind
+from relay.notify import Notifier
 from relay.queue.spool import Envelope, Recipient, Spool
 from relay.store import MailStore, StoreLockedError
 
@@ -401,7 +402,9 @@ def deliver_to_inbox(
             channel="local",
             cid=f"cli-{secrets.token_hex(4)}",
         )
-        written = Spool.open(data_dir, master.derive("spool")).write(envelope, message)
+        # Without clearing spool/tmp: the running relay may be writing there.
+        spool = Spool.open(data_dir, master.derive("spool"), clean=False)
+        written = spool.write(envelope, message)
         return Handed("spool", written.queue_id)
     try:
         store.ensure_mailbox(address)
@@ -412,14 +415,13 @@ def deliver_to_inbox(
 
 
 def contact_notifier(config: Config) -> ContactNotifier | None:
-    """The relay's contact notifier, when its config declares one.
+    """The relay's contact channels (``[notices]``), or None when it has none.
 
-    The seam for :mod:`relay.notify` (channels by e-mail and SMS): until the
-    relay config carries a notifier, there is none and only the INBOX notice
-    is sent.
+    Raises :class:`~relay.notify.NoticeSetupError` (a :class:`ContactError`)
+    when a secret file of ``[notices]`` cannot be read.
     """
-    notifier: ContactNotifier | None = getattr(config, "contact_notifier", None)
-    return notifier
+    notifier = Notifier.for_config(config)
+    return notifier if notifier.configured else None
 
 
 async def open_break_glass(

@@ -31,6 +31,15 @@ What must stay true:
 - Every authentication decision, whatever the mechanism and protocol, is one
   ``auth.succeeded`` / ``auth.failed`` record (plus ``auth.locked`` when a
   lockout starts or refuses), written by :class:`Authenticator`.
+- A one-time code (enrolment activation, password recovery) is stored only as
+  a SHA-256 digest bound to its login and purpose; it is 80 random bits, so a
+  fast hash suffices (argon2 protects guessable human passwords). At most one
+  code per login and purpose lives at a time: issuing one voids the previous
+  one. It works once, before its expiry, and ``max_failures`` wrong tries void
+  it. Checking it and setting the new password are one transaction.
+- The last successful login of an account is written at most once per
+  account per UTC day (an in-memory note of who was written today, and an
+  ``UPDATE`` that changes nothing when another process already wrote).
 """
 
 from __future__ import annotations
@@ -84,6 +93,15 @@ APP_PASSWORD_ALPHABET: Final = "abcdefghijkmnpqrstuvwxyz23456789"  # noqa: S105
 MAX_APP_PASSWORDS: Final = 20
 # The longest wait before a failed login's reply, however many failures.
 DEFAULT_MAX_FAILURE_DELAY: Final = 30.0
+# One-time codes: 16 symbols of Crockford's base32 (80 bits), shown in groups
+# of four: no I, L, O or U to misread; typed in any case, with or without
+# dashes (https://www.crockford.com/base32.html).
+CODE_ALPHABET: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+CODE_LENGTH: Final = 16
+CODE_GROUP: Final = 4
+# Wrong tries before a code is void (then a new one must be issued).
+DEFAULT_MAX_CODE_FAILURES: Final = 5
+_DAY: Final = 86_400
 
 
 class AccountError(Exception):
@@ -104,6 +122,45 @@ class WeakPasswordError(AccountError):
 
 class AppPasswordError(AccountError):
     """No such app password, a duplicate device name, or too many."""
+
+
+class CodePurpose(enum.StrEnum):
+    """What a one-time code opens."""
+
+    ACTIVATION = "activation"  # sets the first password of an enrolled account
+    RECOVERY = "recovery"  # replaces a lost password
+
+
+class CodeResult(enum.Enum):
+    """What checking a one-time code did."""
+
+    REDEEMED = "redeemed"  # right: the password is set, the code consumed
+    WRONG = "wrong"  # a wrong try, counted
+    VOIDED = "voided"  # a wrong try that reached the limit: the code is gone
+    EXPIRED = "expired"  # past its expiry: the code is gone
+    ABSENT = "absent"  # no such code (never issued, used, voided; or no account)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OneTimeCode:
+    """A code just issued: shown or sent once, never stored in clear."""
+
+    login: str
+    purpose: CodePurpose
+    code: str = field(repr=False)
+    expires: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccountUsage:
+    """When an account was made, opened and last used (epoch seconds)."""
+
+    login: str
+    kind: AccountKind
+    created: float
+    activated: float | None  # first password set; None: never activated
+    last_login: float | None  # None: never logged in (since recorded)
+    locked: bool
 
 
 class AccountKind(enum.StrEnum):
@@ -241,6 +298,14 @@ CREATE TABLE IF NOT EXISTS account_mailboxes (
     PRIMARY KEY (login, address)
 );
 CREATE INDEX IF NOT EXISTS account_mailboxes_address ON account_mailboxes(address);
+CREATE TABLE IF NOT EXISTS one_time_codes (
+    login TEXT NOT NULL REFERENCES accounts(login) ON DELETE CASCADE,
+    purpose TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    expires REAL NOT NULL,
+    failures INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (login, purpose)
+);
 CREATE TABLE IF NOT EXISTS app_passwords (
     login TEXT NOT NULL REFERENCES accounts(login) ON DELETE CASCADE,
     name TEXT NOT NULL,
@@ -253,6 +318,8 @@ CREATE TABLE IF NOT EXISTS app_passwords (
 # Added after the first release: applied to older files at open.
 _MIGRATIONS: Final = (
     ("accounts", "external_id", "ALTER TABLE accounts ADD COLUMN external_id TEXT"),
+    ("accounts", "activated", "ALTER TABLE accounts ADD COLUMN activated REAL"),
+    ("accounts", "last_login", "ALTER TABLE accounts ADD COLUMN last_login REAL"),
 )
 _INDEXES: Final = """
 CREATE UNIQUE INDEX IF NOT EXISTS accounts_external_id ON accounts(external_id)
@@ -261,6 +328,26 @@ CREATE UNIQUE INDEX IF NOT EXISTS accounts_external_id ON accounts(external_id)
 # Stored instead of a hash for an account without a main password (an APP
 # account using its certificate): no password ever verifies against it.
 NO_PASSWORD: Final = "!"  # noqa: S105 - not a hash: matches nothing
+
+
+def new_code() -> str:
+    """A fresh one-time code, ``XXXX-XXXX-XXXX-XXXX``."""
+    symbols = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+    return "-".join(
+        symbols[i : i + CODE_GROUP] for i in range(0, CODE_LENGTH, CODE_GROUP)
+    )
+
+
+def normalize_code(text: str) -> str:
+    """A typed code in canonical form: Crockford's decoding (any case, I and L
+    read as 1, O as 0), dashes and spaces dropped."""
+    table = str.maketrans({"I": "1", "L": "1", "O": "0", "-": None, " ": None})
+    return text.strip().upper().translate(table)
+
+
+def _code_digest(login: str, purpose: CodePurpose, code: str) -> str:
+    material = f"mssante one-time code v1\0{purpose.value}\0{login}\0{code}"
+    return hashlib.sha256(material.encode()).hexdigest()
 
 
 def check_password_policy(login: str, password: str) -> None:
@@ -308,6 +395,9 @@ class AccountStore:
         self._dummy_hash = self._hasher.hash("not a real password: timing only")
         self._verified = _VerifiedCache(cache_ttl, DEFAULT_AUTH_CACHE_SIZE, clock)
         self._now = wall_clock
+        # The UTC day and the logins whose last login was written that day.
+        self._login_day = -1
+        self._logged_today: set[str] = set()
 
     @classmethod
     def open(cls, data_dir: Path, hasher: PasswordHasher | None = None) -> AccountStore:
@@ -457,6 +547,182 @@ class AccountStore:
             cursor = self._db.execute("DELETE FROM accounts WHERE login = ?", (login,))
         if cursor.rowcount == 0:
             raise AccountNotFoundError(f"login: no account {login!r}")
+
+    # -- one-time codes --------------------------------------------------------
+
+    def issue_code(
+        self, login: str, purpose: CodePurpose, *, expires: float
+    ) -> OneTimeCode:
+        """A new code for ``login`` (the previous one of that purpose is void)."""
+        code = new_code()
+        digest = _code_digest(login, purpose, normalize_code(code))
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO one_time_codes(login, purpose, digest,"
+                    " expires, failures) VALUES (?, ?, ?, ?, 0)",
+                    (login, purpose.value, digest, expires),
+                )
+            except sqlite3.IntegrityError:
+                raise AccountNotFoundError(f"login: no account {login!r}") from None
+        return OneTimeCode(login=login, purpose=purpose, code=code, expires=expires)
+
+    def code_expiry(self, login: str, purpose: CodePurpose) -> float | None:
+        """When the live code of ``login`` expires; None: there is none."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT expires FROM one_time_codes WHERE login = ? AND purpose = ?",
+                (login, purpose.value),
+            ).fetchone()
+        return None if row is None else float(row[0])
+
+    def void_code(self, login: str, purpose: CodePurpose) -> None:
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM one_time_codes WHERE login = ? AND purpose = ?",
+                (login, purpose.value),
+            )
+
+    def redeem_code(
+        self,
+        login: str,
+        purpose: CodePurpose,
+        code: str,
+        password: str,
+        *,
+        now: float,
+        max_failures: int = DEFAULT_MAX_CODE_FAILURES,
+    ) -> CodeResult:
+        """Check ``code`` and, when right, set ``password``: one transaction.
+
+        Blocking (argon2): call it through ``asyncio.to_thread``. The new
+        password is hashed before the code is looked at, so a wrong code, an
+        unknown login and a right code take the same time.
+
+        Raises:
+            WeakPasswordError: ``password`` fails the policy (nothing counted).
+        """
+        check_password_policy(login, password)
+        password_hash = self._hasher.hash(password)
+        digest = _code_digest(login, purpose, normalize_code(code))
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                result = self._redeem(
+                    login, purpose, digest, password_hash, now, max_failures
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return result
+
+    def _redeem(
+        self,
+        login: str,
+        purpose: CodePurpose,
+        digest: str,
+        password_hash: str,
+        now: float,
+        max_failures: int,
+    ) -> CodeResult:
+        """The body of :meth:`redeem_code`, inside its transaction."""
+        row = self._db.execute(
+            "SELECT c.digest, c.expires, c.failures, a.locked FROM one_time_codes c"
+            " JOIN accounts a ON a.login = c.login"
+            " WHERE c.login = ? AND c.purpose = ?",
+            (login, purpose.value),
+        ).fetchone()
+        if row is None or row[3]:
+            return CodeResult.ABSENT
+        stored, expires, failures, _ = row
+        where = (login, purpose.value)
+        if now >= expires:
+            self._db.execute(
+                "DELETE FROM one_time_codes WHERE login = ? AND purpose = ?", where
+            )
+            return CodeResult.EXPIRED
+        if not hmac.compare_digest(stored, digest):
+            if failures + 1 >= max_failures:
+                self._db.execute(
+                    "DELETE FROM one_time_codes WHERE login = ? AND purpose = ?", where
+                )
+                return CodeResult.VOIDED
+            self._db.execute(
+                "UPDATE one_time_codes SET failures = failures + 1"
+                " WHERE login = ? AND purpose = ?",
+                where,
+            )
+            return CodeResult.WRONG
+        # A new password makes every code of the account useless.
+        self._db.execute("DELETE FROM one_time_codes WHERE login = ?", (login,))
+        self._db.execute(
+            "UPDATE accounts SET password_hash = ?, activated = coalesce(activated, ?)"
+            " WHERE login = ?",
+            (password_hash, now, login),
+        )
+        return CodeResult.REDEEMED
+
+    # -- use ----------------------------------------------------------------------
+
+    def login_recorded_today(self, login: str) -> bool:
+        """Whether this process already wrote ``login``'s last login today
+        (memory only: the async caller skips the thread hop)."""
+        with self._lock:
+            return self._login_day == int(self._now() // _DAY) and (
+                login in self._logged_today
+            )
+
+    def record_login(self, login: str) -> None:
+        """Note a successful login: at most one write per account per UTC day."""
+        now = self._now()
+        day = int(now // _DAY)
+        with self._lock:
+            if day != self._login_day:
+                self._login_day = day
+                self._logged_today = set()
+            if login in self._logged_today:
+                return
+            self._db.execute(
+                "UPDATE accounts SET last_login = ? WHERE login = ?"
+                " AND (last_login IS NULL OR last_login < ?)",
+                (now, login, day * _DAY),
+            )
+            self._logged_today.add(login)
+
+    def usage_of(self, login: str) -> AccountUsage | None:
+        """Creation, activation and last login of one account."""
+        found = self._usage(" WHERE login = ?", (login,))
+        return found[0] if found else None
+
+    def usage(self, kind: AccountKind | None = None) -> list[AccountUsage]:
+        """Creation, activation and last login of every account (of ``kind``).
+
+        An account created with a password counts as activated when created.
+        """
+        if kind is None:
+            return self._usage("", ())
+        return self._usage(" WHERE kind = ?", (kind.value,))
+
+    def _usage(self, where: str, args: tuple[str, ...]) -> list[AccountUsage]:
+        # ``where`` is one of the fixed texts above.
+        query = (
+            "SELECT login, kind, created, activated, last_login, locked,"  # noqa: S608
+            " password_hash FROM accounts" + where
+        )
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY login", args).fetchall()
+        return [
+            AccountUsage(
+                login=r[0],
+                kind=AccountKind(r[1]),
+                created=r[2],
+                activated=r[3] if r[3] is not None or r[6] == NO_PASSWORD else r[2],
+                last_login=r[4],
+                locked=bool(r[5]),
+            )
+            for r in rows
+        ]
 
     def _update(self, login: str, assignment: str, values: tuple[object, ...]) -> None:
         with self._lock:
@@ -817,7 +1083,7 @@ class Authenticator:
                 login,
                 f"{verified.mechanism.value} not allowed for {account.kind.value}",
             )
-        return self._succeed(
+        return await self._succeed(
             attempt, account, verified.mechanism, device=verified.device
         )
 
@@ -871,7 +1137,7 @@ class Authenticator:
             return await self._fail(
                 attempt, account.login, f"oauth not allowed for {account.kind.value}"
             )
-        return self._succeed(attempt, account, Mechanism.OAUTH)
+        return await self._succeed(attempt, account, Mechanism.OAUTH)
 
     # -- client certificates ---------------------------------------------------------
 
@@ -926,7 +1192,7 @@ class Authenticator:
             return await self._fail(
                 attempt, account.login, f"external not allowed for {account.kind.value}"
             )
-        return self._succeed(attempt, account, Mechanism.EXTERNAL)
+        return await self._succeed(attempt, account, Mechanism.EXTERNAL)
 
     # -- shared steps ------------------------------------------------------------------
 
@@ -957,7 +1223,7 @@ class Authenticator:
         await asyncio.sleep(self.throttle.delay(login, attempt.peer))
         return Outcome(refusal=Refusal.INVALID, token_problem=problem)
 
-    def _succeed(
+    async def _succeed(
         self,
         attempt: Attempt,
         account: Account,
@@ -966,6 +1232,9 @@ class Authenticator:
         device: str | None = None,
     ) -> Outcome:
         self.throttle.succeeded(account.login)
+        # Last use (inactive-account reports): one write per account and day.
+        if not self.accounts.login_recorded_today(account.login):
+            await asyncio.to_thread(self.accounts.record_login, account.login)
         self._record(
             AuditEvent.AUTH_SUCCEEDED,
             attempt,

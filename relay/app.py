@@ -39,6 +39,7 @@ from relay.audit import AUDIT_FILE_NAME, AuditEvent, AuditTrail
 from relay.audit_report import MonthlyReports, ReportContext
 from relay.config import PatientReadReceipts
 from relay.contact import ContactError
+from relay.enrolment import Enrolment, notifier_for, site_url
 from relay.imap import ImapContext, ImapServer
 from relay.notify.dispatch import NoticeDispatcher, open_dispatcher
 from relay.oauth import verifier_for
@@ -56,6 +57,7 @@ from relay.smtp.server import RelaySMTP
 from relay.store import MailStore, MasterKey
 from relay.threads import ThreadStore
 from relay.tls import TlsConfigError, client_context, server_context
+from relay.web import WebError, serve_web
 
 if TYPE_CHECKING:
     import ssl
@@ -63,6 +65,7 @@ if TYPE_CHECKING:
 
     from directory.protocol import Directory
     from relay.config import Config, Listener
+    from relay.contact import ContactNotifier
 
 log = logging.getLogger("mssante.relay")
 
@@ -71,8 +74,8 @@ DEFAULT_DRAIN_TIMEOUT: Final = 10.0
 STORE_DIR_NAME: Final = "mail"
 # With acceptor processes, how often the relay looks for their spool files.
 SPOOL_POLL_INTERVAL: Final = 0.02
-# Without them, how often it looks for spool files the CLI wrote (the
-# break-glass notice of ``mssante patient break-glass``).
+# Without them, how often it looks for files admin commands spooled (the
+# break-glass notice, a recovery code for a caregiver): one listing a second.
 ADMIN_SPOOL_POLL_INTERVAL: Final = 1.0
 ACCEPTOR_START_TIMEOUT: Final = 60.0
 # How long shutdown waits for messages between DATA and their reply.
@@ -472,8 +475,13 @@ async def run_relay(
     *,
     clock: Callable[[], datetime] = _now,
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    notifier: ContactNotifier | None = None,
 ) -> AsyncIterator[RunningRelay]:
-    """Start the relay described by ``cfg``; stop it when the block exits."""
+    """Start the relay described by ``cfg``; stop it when the block exits.
+
+    ``notifier`` reaches patients' ordinary contacts (default: the channels
+    of ``cfg``).
+    """
     if cfg.tls is None:
         raise RelayError("tls: the [tls] table is required to serve")
     processes = cfg.smtp.processes
@@ -546,7 +554,7 @@ async def run_relay(
             dispatcher.start()
             stack.push_async_callback(dispatcher.stop)
         # Acceptor processes write to the spool; the relay looks at it often.
-        # The CLI may too (patient notices): then once a second.
+        # Admin commands may too (patient notices): then once a second.
         delivery.start(
             poll_interval=SPOOL_POLL_INTERVAL
             if processes > 1
@@ -654,6 +662,29 @@ async def run_relay(
             running.servers.append(server)
             host, port = server.sockets[0].getsockname()[:2]
             running.addresses[name] = (host, port)
+        if cfg.web.listener.enabled:
+            # Enrolment and recovery over HTTPS (issue 10), TLS as the relay's.
+            enrolment = Enrolment(
+                accounts=accounts,
+                directory=directory,
+                audit=audit,
+                notifier=notifier or notifier_for(cfg),
+                settings=cfg.enrolment,
+                web=cfg.web,
+                patient_domain=cfg.relay.patient_domain,
+                site=site_url(cfg),
+                clock=clock,
+            )
+            try:
+                running.addresses["web"] = await stack.enter_async_context(
+                    serve_web(
+                        cfg.web.listener,
+                        server_context(cfg.tls, ask_client_certificate=False),
+                        enrolment,
+                    )
+                )
+            except WebError as exc:
+                raise RelayError(str(exc)) from exc
         audit.emit(
             AuditEvent.RELAY_STARTED,
             listeners={k: f"{h}:{p}" for k, (h, p) in running.addresses.items()},

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from directory.config import Backend, DirectoryConfig, LdapConfig
 from relay.accounts import (
+    DEFAULT_MAX_CODE_FAILURES,
     DEFAULT_MAX_FAILURE_DELAY,
     DEMO_MECHANISMS,
     PRODUCTION_MECHANISMS,
@@ -327,6 +328,51 @@ class AuditSettings:
     check_interval: float = DEFAULT_REPORT_CHECK_INTERVAL
 
 
+# Enrolment and recovery (issue 10): an activation code lives 14 days (a
+# postal letter's delay and then some), a recovery code one day; an account
+# unused for a year is reported for closure.
+DEFAULT_ACTIVATION_CODE_DAYS: Final = 14.0
+DEFAULT_RECOVERY_CODE_HOURS: Final = 24.0
+DEFAULT_INACTIVE_DAYS: Final = 365
+# Recovery requests: per login and per address within the window.
+DEFAULT_RECOVER_PER_LOGIN: Final = 3
+DEFAULT_RECOVER_PER_PEER: Final = 20
+DEFAULT_RECOVER_WINDOW: Final = 3600.0
+# Wrong codes from one address before it is refused for code_lockout seconds.
+DEFAULT_CODE_FAILURES_PER_PEER: Final = 20
+DEFAULT_CODE_LOCKOUT: Final = 900.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnrolmentSettings:
+    """The ``[enrolment]`` table: one-time codes and the inactive report."""
+
+    activation_code_days: float = DEFAULT_ACTIVATION_CODE_DAYS
+    recovery_code_hours: float = DEFAULT_RECOVERY_CODE_HOURS
+    max_code_failures: int = DEFAULT_MAX_CODE_FAILURES
+    inactive_days: int = DEFAULT_INACTIVE_DAYS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebSettings:
+    """The ``[web]`` table: the HTTPS listener for activation and recovery.
+
+    TLS comes from ``[tls]`` (the relay's certificate, the relay's versions
+    and suites). No table: not served.
+    """
+
+    listener: Listener = field(
+        default_factory=lambda: Listener(host="127.0.0.1", port=443, enabled=False)
+    )
+    # The address patients are told to visit; default https://<hostname>[:port].
+    public_url: str = ""
+    recover_per_login: int = DEFAULT_RECOVER_PER_LOGIN
+    recover_per_peer: int = DEFAULT_RECOVER_PER_PEER
+    recover_window: float = DEFAULT_RECOVER_WINDOW
+    code_failures_per_peer: int = DEFAULT_CODE_FAILURES_PER_PEER
+    code_lockout: float = DEFAULT_CODE_LOCKOUT
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     relay: RelaySettings
@@ -340,6 +386,8 @@ class Config:
     patients: PatientSettings = field(default_factory=PatientSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     notices: NoticeSettings = field(default_factory=NoticeSettings)
+    enrolment: EnrolmentSettings = field(default_factory=EnrolmentSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     source: Path | None = None  # the file it was read from
 
     @property
@@ -809,6 +857,28 @@ def _audit(t: _Table | None) -> AuditSettings:
     return settings
 
 
+def _enrolment(t: _Table | None) -> EnrolmentSettings:
+    if t is None:
+        return EnrolmentSettings()
+    settings = EnrolmentSettings(
+        activation_code_days=t.number(
+            "activation_code_days", DEFAULT_ACTIVATION_CODE_DAYS
+        ),
+        recovery_code_hours=t.number(
+            "recovery_code_hours", DEFAULT_RECOVERY_CODE_HOURS
+        ),
+        max_code_failures=t.integer(
+            "max_code_failures", DEFAULT_MAX_CODE_FAILURES, minimum=1
+        ),
+        inactive_days=t.integer("inactive_days", DEFAULT_INACTIVE_DAYS, minimum=1),
+    )
+    for key in ("activation_code_days", "recovery_code_hours"):
+        if getattr(settings, key) <= 0:
+            raise ConfigError(f"{t.name}.{key}: must be positive")
+    t.done()
+    return settings
+
+
 def _port(t: _Table, default: int) -> int:
     port = t.integer("port", default, minimum=1)
     if port > 65535:
@@ -905,6 +975,38 @@ def _notices(t: _Table | None, relay: RelaySettings) -> NoticeSettings:
     return settings
 
 
+def _web(t: _Table | None) -> WebSettings:
+    if t is None:
+        return WebSettings()
+    listener = Listener(
+        host=t.text("host", "127.0.0.1"),
+        port=t.integer("port", 443),
+        enabled=t.flag("enabled", True),
+    )
+    if listener.port > 65535:
+        raise ConfigError(f"{t.name}.port: {listener.port} is not a TCP port")
+    public_url = t.text("public_url", "") or ""
+    if public_url and not public_url.startswith("https://"):
+        raise ConfigError(f"{t.name}.public_url: must start with https://")
+    settings = WebSettings(
+        listener=listener,
+        public_url=public_url.rstrip("/"),
+        recover_per_login=t.integer(
+            "recover_per_login", DEFAULT_RECOVER_PER_LOGIN, minimum=1
+        ),
+        recover_per_peer=t.integer(
+            "recover_per_peer", DEFAULT_RECOVER_PER_PEER, minimum=1
+        ),
+        recover_window=t.number("recover_window", DEFAULT_RECOVER_WINDOW),
+        code_failures_per_peer=t.integer(
+            "code_failures_per_peer", DEFAULT_CODE_FAILURES_PER_PEER, minimum=1
+        ),
+        code_lockout=t.number("code_lockout", DEFAULT_CODE_LOCKOUT),
+    )
+    t.done()
+    return settings
+
+
 def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Config:
     """Build a :class:`Config` from parsed TOML; paths relative to ``base``."""
     root = _Table("", data, base)
@@ -921,6 +1023,8 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
     patients = _patients(root.table("patients"))
     audit = _audit(root.table("audit"))
     notices = _notices(root.table("notices"), relay)
+    enrolment = _enrolment(root.table("enrolment"))
+    web = _web(root.table("web"))
     root.done()
     return Config(
         relay=relay,
@@ -934,6 +1038,8 @@ def parse(data: Mapping[str, Any], base: Path, source: Path | None = None) -> Co
         patients=patients,
         audit=audit,
         notices=notices,
+        enrolment=enrolment,
+        web=web,
         source=source,
     )
 

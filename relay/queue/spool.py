@@ -155,17 +155,18 @@ class Spool:
     message, and delivery reads, delivers and removes it as one unit.
     """
 
-    def __init__(self, root: Path, key: bytes) -> None:
+    def __init__(self, root: Path, key: bytes, *, clean: bool = True) -> None:
         self.root = root
         self._aead = AESGCM(key)
         self._tmp = root / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
-        for leftover in self._tmp.iterdir():
+        # clean=False: another process (the running relay) may be writing.
+        for leftover in self._tmp.iterdir() if clean else ():
             leftover.unlink()
 
     @classmethod
-    def open(cls, data_dir: Path, key: bytes) -> Spool:
-        return cls(data_dir / SPOOL_DIR_NAME, key)
+    def open(cls, data_dir: Path, key: bytes, *, clean: bool = True) -> Spool:
+        return cls(data_dir / SPOOL_DIR_NAME, key, clean=clean)
 
     def write(self, envelope: Envelope, message: bytes) -> Envelope:
         """Durably store one message; returns the envelope with its queue id."""
