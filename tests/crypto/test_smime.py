@@ -341,6 +341,26 @@ def test_too_many_layers_are_refused(people: People) -> None:
         unwrap(message, people.trust, at=NOW)
 
 
+def test_a_base64_body_that_does_not_decode_is_malformed(people: People) -> None:
+    sealed = encrypt(MESSAGE, [people.bob.cert])
+    head, _, _ = sealed.partition(b"\r\n\r\n")
+
+    with pytest.raises(MalformedError, match="bad base64"):
+        decrypt(head + b"\r\n\r\nA\r\n", people.bob)  # one character: never base64
+
+
+def test_a_7bit_body_is_taken_as_it_is_and_must_be_der(people: People) -> None:
+    sealed = encrypt(MESSAGE, [people.bob.cert])
+    head, _, _ = sealed.partition(b"\r\n\r\n")
+    plain = head.replace(
+        b"Content-Transfer-Encoding: base64", b"Content-Transfer-Encoding: 7bit"
+    )
+    assert plain != head
+
+    with pytest.raises(MalformedError, match="not a CMS ContentInfo"):
+        decrypt(plain + b"\r\n\r\nnot DER at all\r\n", people.bob)
+
+
 def test_unknown_transfer_encoding_is_malformed(people: People) -> None:
     sealed = encrypt(MESSAGE, [people.bob.cert])
 
