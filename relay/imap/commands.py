@@ -1169,8 +1169,11 @@ def _fetch_item(
             )
         data = _fetch.partial(data, item)
         return b"%b {%d}\r\n" % (label, len(data)), data
-    assert structure is not None  # noqa: S101 - loaded for these items
     value: object
+    if name == "RFC822":  # the whole message: no structure needed
+        assert message is not None  # noqa: S101 - loaded for RFC822
+        return b"%b {%d}\r\n" % (label, len(message)), message
+    assert structure is not None  # noqa: S101 - loaded for these items
     if name == "ENVELOPE":
         value = _fetch.envelope(structure.envelope)
     elif name == "BODYSTRUCTURE":
@@ -1179,9 +1182,6 @@ def _fetch_item(
         value = _fetch.body_structure(structure.body, extensible=False)
     elif name == "RFC822.HEADER":
         value = structure.header
-    elif name == "RFC822":
-        assert message is not None  # noqa: S101
-        value = message
     elif name == "RFC822.TEXT":
         assert message is not None  # noqa: S101
         value = message[structure.body.body_start :]

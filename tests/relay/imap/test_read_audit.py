@@ -63,3 +63,26 @@ async def test_each_new_selection_audits_its_own_reads(imap_relay: Harness) -> N
 
     await h.run(twice)
     assert len(_reads(h)) == 2
+
+
+async def test_fetch_rfc822_returns_the_message_marks_it_seen_and_is_a_read(
+    imap_relay: Harness,
+) -> None:
+    h = imap_relay
+    data = message(message_id="<whole@medecin.mssante.fr>")
+    deliver(h, DOCTOR.address, data)
+
+    def whole() -> object:
+        client = imaps(h, DOCTOR.address)
+        client.select("INBOX")
+        status, fetched = client.fetch("1", "(RFC822)")
+        assert status == "OK"
+        client.logout()
+        return fetched[0]
+
+    fetched = await h.run(whole)
+    assert isinstance(fetched, tuple)
+    assert fetched[1].endswith(data)  # after the Return-Path the relay adds
+    [info] = h.running.store.messages(DOCTOR.address, "INBOX")
+    assert "\\Seen" in info.flags
+    assert len(_reads(h)) == 1
