@@ -498,25 +498,8 @@ class RelayHandler:
             remote, failure = await self._remote_domain(server, address)
         if failure is not None:
             return str(failure)
-        decision = policy.check_recipient(
-            sender,
-            address,
-            entry,
-            self._ctx.local,
-            envelope.patient_recipients,
-            self._ctx.clock(),
-            remote,
-        )
-        self._ctx.audit.emit(
-            AuditEvent.SMTP_RECIPIENT_ACCEPTED
-            if decision.accepted
-            else AuditEvent.SMTP_RECIPIENT_REJECTED,
-            cid=server.cid,
-            channel=server.channel,
-            sender=sender.address,
-            recipient=address,
-            code=decision.reply.status,
-            reason=decision.reason,
+        decision = self._judge_recipient(
+            server, envelope, sender, address, entry, remote
         )
         if not decision.accepted:
             return str(decision.reply)
@@ -529,6 +512,50 @@ class RelayHandler:
         envelope.rcpt_options.extend(rcpt_options)
         envelope.rcpt_dsn[address] = server.pending_rcpt
         return str(decision.reply)
+
+    def _judge_recipient(
+        self,
+        server: RelaySMTP,
+        envelope: RelayEnvelope,
+        sender: policy.SenderFacts,
+        address: str,
+        entry: Mailbox | Patient | None,
+        remote: policy.RemoteDomain | None,
+        **extra: str,
+    ) -> policy.Decision:
+        """The recipient rules for ``address``, recorded in the audit trail."""
+        decision = policy.check_recipient(
+            sender,
+            address,
+            entry,
+            self._ctx.local,
+            envelope.patient_recipients,
+            self._ctx.clock(),
+            remote,
+        )
+        self._audit_recipient(server, sender, address, decision, **extra)
+        return decision
+
+    def _audit_recipient(
+        self,
+        server: RelaySMTP,
+        sender: policy.SenderFacts,
+        address: str,
+        decision: policy.Decision,
+        **extra: str,
+    ) -> None:
+        self._ctx.audit.emit(
+            AuditEvent.SMTP_RECIPIENT_ACCEPTED
+            if decision.accepted
+            else AuditEvent.SMTP_RECIPIENT_REJECTED,
+            cid=server.cid,
+            channel=server.channel,
+            sender=sender.address,
+            recipient=address,
+            code=decision.reply.status,
+            reason=decision.reason,
+            **extra,
+        )
 
     async def _remote_domain(
         self, server: RelaySMTP, address: str
@@ -765,38 +792,22 @@ class RelayHandler:
             remote, failure = await self._remote_domain(server, address)
         if failure is not None:
             return policy.Decision(failure, "directory unavailable (treating doctor)")
-        if not address:
-            reason = "treating doctor has no mailbox" if party else "no treating doctor"
-            decision = policy.Decision(policy.R550_MAILBOX_UNKNOWN, reason)
-        elif address in envelope.rcpt_tos:
+        copy = {"patient": patient.address or "", "copy": "treating-doctor"}
+        if address and address not in envelope.rcpt_tos:
+            decision = self._judge_recipient(
+                server, envelope, sender, address, doctor, remote, **copy
+            )
+            if decision.accepted:
+                envelope.rcpt_tos.append(address)
+            return None
+        if address:
             decision = policy.Decision(
                 policy.R250_RECIPIENT_OK, "treating doctor already a recipient"
             )
         else:
-            decision = policy.check_recipient(
-                sender,
-                address,
-                doctor,
-                self._ctx.local,
-                envelope.patient_recipients,
-                self._ctx.clock(),
-                remote,
-            )
-        self._ctx.audit.emit(
-            AuditEvent.SMTP_RECIPIENT_ACCEPTED
-            if decision.accepted
-            else AuditEvent.SMTP_RECIPIENT_REJECTED,
-            cid=server.cid,
-            channel=server.channel,
-            sender=sender.address,
-            recipient=address,
-            patient=patient.address,
-            copy="treating-doctor",
-            code=decision.reply.status,
-            reason=decision.reason,
-        )
-        if decision.accepted and address not in envelope.rcpt_tos:
-            envelope.rcpt_tos.append(address)
+            reason = "treating doctor has no mailbox" if party else "no treating doctor"
+            decision = policy.Decision(policy.R550_MAILBOX_UNKNOWN, reason)
+        self._audit_recipient(server, sender, address, decision, **copy)
         return None
 
     async def _answer_patient(
