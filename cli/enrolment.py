@@ -25,6 +25,7 @@ import sys
 from typing import TYPE_CHECKING, Final
 
 from cli import output
+from relay import generated
 from relay.accounts import AccountStore
 from relay.app import load_master_key, local_domains
 from relay.audit import AUDIT_FILE_NAME, AuditTrail
@@ -35,9 +36,7 @@ from relay.enrolment import (
     Via,
     notifier_for,
     site_url,
-    spool_message,
 )
-from relay.queue.spool import Spool
 
 if TYPE_CHECKING:
     import argparse
@@ -209,13 +208,11 @@ async def recover(
             return _EXIT_OK
         # Spooled without clearing spool/tmp: the running relay may be
         # writing there.
-        spool = Spool.open(
-            cfg.relay.data_dir, load_master_key(cfg).derive("spool"), clean=False
-        )
+        spool = generated.admin_spool(cfg.relay.data_dir, load_master_key(cfg))
         sent = await enrolment.recover_via_caregiver(
             a.ins,
             rest[0],
-            lambda mailbox, message: spool_message(
+            lambda mailbox, message: generated.spool_generated(
                 spool, mailbox, message, enrolment.now()
             ),
             sender=f"postmaster@{cfg.relay.domain}",

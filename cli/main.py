@@ -22,11 +22,11 @@ import asyncio
 import dataclasses
 import json
 import sys
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
-from cli import accounts, output
+from cli import accounts, output, values
 from cli import audit as audit_cli
 from cli import enrolment as enrolment_cli
 from cli import mailbox as mailbox_cli
@@ -133,25 +133,6 @@ class Context:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _date(field: str, value: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise InvalidFieldError(field, value, "must be a date YYYY-MM-DD") from None
-
-
-def _expiry(field: str, value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidFieldError(
-            field, value, "must be a date or date-time (ISO 8601)"
-        ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _read_file(field: str, path: Path) -> bytes:
@@ -287,7 +268,7 @@ async def cmd_add_patient(ctx: Context, d: Directory, a: argparse.Namespace) -> 
         birth_name=a.birth_name,
         first_names=a.first_names,
         sex=sex,
-        birth_date=_date("birth_date", a.birth_date),
+        birth_date=values.a_date("birth_date", a.birth_date),
         birth_place=a.birth_place,
         qualified=a.qualified,
         address=address,
@@ -322,7 +303,7 @@ async def cmd_add_delegation(ctx: Context, d: Directory, a: argparse.Namespace) 
         mailbox=a.mailbox,
         scope=DelegationScope(a.scope),
         granted_by=a.granted_by,
-        expires=_expiry("expires", a.expires),
+        expires=values.expiry("expires", a.expires),
     )
     await d.add(entry)
     return _added(ctx, entry)

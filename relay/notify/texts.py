@@ -122,14 +122,21 @@ def _code(code: str) -> str:
     return code
 
 
-def activation_code(code: str, *, valid_for: float) -> ContactNotice:
-    """ACTIVATION_CODE: the one-time code that opens the account (seconds valid)."""
+def _where(url: str, action: str) -> str:
+    return f"Pour {action}, rendez-vous sur {url}\n" if url else ""
+
+
+def activation_code(code: str, *, valid_for: float, url: str = "") -> ContactNotice:
+    """ACTIVATION_CODE: the one-time code that opens the account (seconds
+    valid), and the address of the page where it is used."""
     code, lasting = _code(code), validity(valid_for)
     text = (
         "Bonjour,\n"
         "\n"
         f"Votre code d'activation de messagerie de santé est : {code}\n"
         f"Il est valable {lasting} et ne sert qu'une fois.\n"
+        + _where(url, "choisir votre mot de passe")
+        + "Votre identifiant est votre matricule INS (15 caractères).\n"
         "\n"
         "Ne le communiquez à personne. Si vous n'avez pas demandé l'ouverture"
         " de votre messagerie de santé, ignorez ce message.\n"
@@ -147,8 +154,9 @@ def activation_code(code: str, *, valid_for: float) -> ContactNotice:
     )
 
 
-def recovery_code(code: str, *, valid_for: float) -> ContactNotice:
-    """RECOVERY_CODE: the one-time code that lets the patient set a new password."""
+def recovery_code(code: str, *, valid_for: float, url: str = "") -> ContactNotice:
+    """RECOVERY_CODE: the one-time code that lets the patient set a new
+    password, and the address of the page where it is used."""
     code, lasting = _code(code), validity(valid_for)
     text = (
         "Bonjour,\n"
@@ -156,7 +164,8 @@ def recovery_code(code: str, *, valid_for: float) -> ContactNotice:
         "Pour choisir un nouveau mot de passe de messagerie de santé, utilisez"
         f" ce code : {code}\n"
         f"Il est valable {lasting} et ne sert qu'une fois.\n"
-        "\n"
+        + _where(url, "le saisir")
+        + "\n"
         "Ne le communiquez à personne. Si vous n'avez rien demandé, ignorez ce"
         " message : votre mot de passe reste le même.\n"
         "\n" + _AUTOMATIC

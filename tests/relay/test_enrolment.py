@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from directory.model import Patient, ProxyGrant, ProxyScope
+from relay import generated
 from relay.accounts import (
     AccountKind,
     AccountStore,
@@ -43,12 +44,10 @@ from relay.enrolment import (
     InactiveState,
     NotEnrollableError,
     NoticeFailedError,
-    activation_notice,
     inactive_accounts,
     notifier_for,
-    recovery_notice,
-    spool_message,
 )
+from relay.notify import texts
 from relay.queue.spool import Spool
 from tests.support.relay_fixtures import (
     PASSWORD,
@@ -452,7 +451,9 @@ async def test_recovery_by_caregiver_lands_in_the_caregiver_inbox(web: Web) -> N
     sent = await web.admin.recover_via_caregiver(
         PATIENT_2.ins,
         CAREGIVER,
-        lambda box, message: spool_message(spool, box, message, web.clock()),
+        lambda box, message: generated.spool_generated(
+            spool, box, message, web.clock()
+        ),
         sender="postmaster@mssante.example",
         hostname="localhost",
         is_local=lambda address: address.endswith(".mssante.example"),
@@ -606,18 +607,12 @@ def test_a_weak_password_counts_no_wrong_try(tmp_path: Path) -> None:
 
 
 def test_codes_are_crockford_base32_in_groups_and_read_leniently() -> None:
-    notice = activation_notice(
-        "ABCD-EFGH-JKMN-PQRS", datetime(2026, 3, 16, tzinfo=UTC), "https://x"
-    )
-    assert "ABCD-EFGH-JKMN-PQRS" in notice.text
-    assert (
-        len(
-            recovery_notice(
-                "ABCD-EFGH-JKMN-PQRS", datetime(2026, 3, 16, tzinfo=UTC), "https://x"
-            ).short
-        )
-        <= 160
-    )
+    code = "ABCD-EFGH-JKMN-PQRS"
+    notice = texts.activation_code(code, valid_for=14 * 86400, url="https://x/activate")
+    assert code in notice.text
+    assert "https://x/activate" in notice.text
+    recovery = texts.recovery_code(code, valid_for=86400, url="https://x/reset")
+    assert texts.gsm7_septets(recovery.short) <= texts.SMS_MAX_SEPTETS
     assert normalize_code(" abcd efgh-ijkl-mnop ") == "ABCDEFGH1JK1MN0P"
 
 
