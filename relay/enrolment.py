@@ -495,17 +495,21 @@ class Enrolment:
         cid: str,
     ) -> None:
         mechanism = f"{purpose.value}-code"
-        verdict = self._codes.check(login, peer)
-        if verdict is not ThrottleVerdict.ALLOWED:
+
+        def audit(event: AuditEvent, reason: str) -> None:
             self._audit.emit(
-                AuditEvent.AUTH_LOCKED,
+                event,
                 cid=cid,
                 actor=login,
                 peer=peer,
                 protocol=PROTOCOL,
                 mechanism=mechanism,
-                reason=verdict.value,
+                reason=reason,
             )
+
+        verdict = self._codes.check(login, peer)
+        if verdict is not ThrottleVerdict.ALLOWED:
+            audit(AuditEvent.AUTH_LOCKED, verdict.value)
             raise ThrottledError("too many wrong codes: try later", self._lockouts[0])
         check_password_policy(login, password)
         result = await asyncio.to_thread(
@@ -522,25 +526,9 @@ class Enrolment:
             self._audit.emit(event, cid=cid, actor=login, peer=peer, protocol=PROTOCOL)
             return
         verdict = self._codes.failed(login, peer)
-        self._audit.emit(
-            AuditEvent.AUTH_FAILED,
-            cid=cid,
-            actor=login,
-            peer=peer,
-            protocol=PROTOCOL,
-            mechanism=mechanism,
-            reason=f"code {result.value}",
-        )
+        audit(AuditEvent.AUTH_FAILED, f"code {result.value}")
         if verdict is not ThrottleVerdict.ALLOWED:
-            self._audit.emit(
-                AuditEvent.AUTH_LOCKED,
-                cid=cid,
-                actor=login,
-                peer=peer,
-                protocol=PROTOCOL,
-                mechanism=mechanism,
-                reason=verdict.value,
-            )
+            audit(AuditEvent.AUTH_LOCKED, verdict.value)
         raise CodeRefusedError("code: wrong, expired or already used")
 
     # -- recovery ---------------------------------------------------------------------
