@@ -189,6 +189,9 @@ class Decision:
     # Set when the recipient is accepted but the patient rules need the
     # threading headers: the handler asks :func:`check_patient_message` at DATA.
     needs_thread: bool = False
+    # MAIL FROM on submission: how the account may use the sender address
+    # ("owner", "delegation", "proxy"); audited with each message it sends.
+    via: str = ""
 
     @property
     def accepted(self) -> bool:
@@ -245,6 +248,9 @@ class SenderFacts:
     entry: Mailbox | Patient | None  # None: an unlisted address vouched for by MX
     # Identifiers a patient may have blocked or a recipient may know the sender by.
     identities: frozenset[str] = frozenset()
+    # Submission: how the account acts for this address (owner, delegation,
+    # proxy); "" on MX.
+    via: str = ""
 
 
 def sender_identities(address: str, entry: Mailbox | Patient | None) -> frozenset[str]:
@@ -317,7 +323,7 @@ def check_submission_sender(
         return Decision(R550_SENDER_SUSPENDED, f"sender {entry.status.value}")
     if isinstance(entry, Patient) and not entry.qualified:
         return Decision(R550_SENDER_UNLISTED, "sender INS not qualified")
-    return Decision(R250_OK, f"sender allowed ({via})")
+    return Decision(R250_OK, f"sender allowed ({via})", via=via)
 
 
 def check_mx_sender(

@@ -477,6 +477,7 @@ class RelayHandler:
             role=policy.role_of(address, entry, self._ctx.local),
             entry=entry,
             identities=policy.sender_identities(address, entry),
+            via=decision.via,
         )
         return str(decision.reply)
 
@@ -748,6 +749,9 @@ class RelayHandler:
             actor=spooled.account,
             peer=_peer_ip(session),
             sender=spooled.sender,
+            # owner, or delegation / proxy: the account sent on the sender's
+            # behalf (None on MX).
+            via=sender.via or None,
             recipients=[r.address for r in spooled.recipients],
             queue_id=spooled.queue_id,
             message_ref=spooled.message_ref,

@@ -211,6 +211,14 @@ async def test_reply_proxy_answers_with_sender_and_revoke_ends_access(
     [got] = h.messages(DOCTOR.address)
     assert b"Sender: aidant-2" in got
     assert b"From: " + PATIENT_ADDR.encode() in got
+    # The trail says who sent, for whom, and in what capacity.
+    [accepted] = [
+        r
+        for r in h.audit_events()
+        if r["event"] == "message.accepted" and r["sender"] == PATIENT_ADDR
+    ]
+    assert accepted["actor"] == "aidant-2"
+    assert accepted["via"] == "proxy"
 
     def select() -> str:
         c = _imaps(h, "aidant-2")
