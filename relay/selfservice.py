@@ -359,11 +359,9 @@ class SelfService:
             if patient is None or patient.status is not Status.ACTIVE:
                 reason = "no active patient for the account"
         if reason or patient is None:
+            # Counted, audited (auth.failed, auth.locked at the limit) and
+            # delayed exactly as a failed SMTP AUTH or IMAP LOGIN.
             await self._auth.refuse(attempt, login, reason)
-            if throttle.check(login, peer) is not ThrottleVerdict.ALLOWED:
-                raise ThrottledError(
-                    "trop de tentatives : réessayez plus tard", self._lockout()
-                )
             raise SignInRefusedError(SIGN_IN_REFUSED)
         throttle.succeeded(login)
         if not self._accounts.login_recorded_today(login):

@@ -447,8 +447,7 @@ def _sign_in_page(csrf: str, message: str = "") -> str:
     )
 
 
-def _state_json(state: MailboxState, zone: tzinfo) -> dict[str, object]:
-    del zone
+def _state_json(state: MailboxState) -> dict[str, object]:
     doctor = state.treating_doctor
     return {
         "address": state.address,
@@ -644,7 +643,8 @@ class AccountFace:
         """The sign-in form (HTML) with a fresh sign-in CSRF cookie, or JSON."""
         if _wants_json(request):
             return _json({"error": message or "connectez-vous"}, status)
-        token = new_token()
+        # Kept while the browser has it: a second tab's form stays valid.
+        token = request.cookies.get(SIGN_IN_COOKIE) or new_token()
         response = _html("Mon compte", _sign_in_page(token, message), status)
         _set_cookie(response, SIGN_IN_COOKIE, token)
         return response
@@ -664,7 +664,7 @@ class AccountFace:
             return self._unavailable(request, str(exc))
         zone = self._service.zone
         if _wants_json(request):
-            return _json({**_state_json(state, zone), "csrf": session.csrf})
+            return _json({**_state_json(state), "csrf": session.csrf})
         note = _DONE.get(request.query.get("fait", ""), "")
         return _html("Mon compte", _dashboard(state, session.csrf, zone, note=note))
 
