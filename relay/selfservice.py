@@ -97,8 +97,8 @@ if TYPE_CHECKING:
 # How the protocol and mechanism fields of auth records name this face.
 PROTOCOL: Final = "https"
 SIGN_IN_MECHANISM: Final = "form"
-# OWASP Session Management Cheat Sheet: 15 minutes idle for sensitive data,
-# and an absolute bound of a working day.
+# A browser left open ends its session after a quarter of an hour of
+# silence; a session in use, after a working day (sign in again).
 SESSION_IDLE: Final = timedelta(minutes=15)
 SESSION_MAX: Final = timedelta(hours=8)
 # Bounds the memory sessions take; past it the oldest session ends.
