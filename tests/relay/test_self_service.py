@@ -12,6 +12,7 @@ expire sessions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import http.cookiejar
 import imaplib
@@ -27,7 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from directory.config import Backend, DirectoryConfig
+from directory.devpki import make_server_pki
 from directory.model import ConsentAction, ProxyScope
+from directory.slapd import Slapd
 from relay.accounts import AccountKind
 from relay.app import run_relay
 from relay.selfservice import SESSION_IDLE, SESSION_MAX
@@ -48,6 +52,8 @@ from tests.support.relay_fixtures import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
+
+    from tests.support.ldap_fixtures import SlapdServer
 
 PATIENT_ADDR = patient_address(PATIENT)
 UNKNOWN_ADDR = "123456789012345@patient.mssante.example"
@@ -188,12 +194,15 @@ class Site:
         return [e for e in self.h.audit_events() if e["event"] == name]
 
 
-@pytest.fixture
-async def site(tmp_path: Path, tls_files: TlsFiles) -> AsyncIterator[Site]:
+@contextlib.asynccontextmanager
+async def serving(
+    tmp_path: Path, tls_files: TlsFiles, directory: DirectoryConfig | None = None
+) -> AsyncIterator[Site]:
+    """The test relay with ``[web]`` on an ephemeral port, its clock movable."""
     cfg = relay_config(
         tmp_path,
         tls_files.directory,
-        None,
+        directory,
         extra={"web": {"host": "127.0.0.1", "port": 0}},
     )
     await seed_data_dir(cfg, tls_files)
@@ -215,6 +224,12 @@ async def site(tmp_path: Path, tls_files: TlsFiles) -> AsyncIterator[Site]:
             untrusted_key=tls / "untrusted.key",
         )
         yield Site(h, clock)
+
+
+@pytest.fixture
+async def site(tmp_path: Path, tls_files: TlsFiles) -> AsyncIterator[Site]:
+    async with serving(tmp_path, tls_files) as s:
+        yield s
 
 
 async def _history(site: Site) -> list[tuple[str, ConsentAction]]:
@@ -667,3 +682,58 @@ async def test_no_password_nor_token_reaches_logs_or_audit(
     for secret in (PASSWORD, "Faux-mot-2-passe!", session, csrf):
         assert secret not in trail
         assert secret not in caplog.text
+
+
+async def test_app_password_opens_imap_but_not_the_account_pages(site: Site) -> None:
+    secret = site.h.running.accounts.add_app_password(PATIENT_ADDR, "telephone")
+    assert await site.run(lambda: site.imap_login(PATIENT_ADDR, secret))
+    answer = await site.run(lambda: site.browser().sign_in(PATIENT_ADDR, secret))
+    assert answer.status == 401
+    [failed] = [e for e in site.events("auth.failed") if e["protocol"] == "https"]
+    assert failed["reason"] == "app password not accepted for the web"
+
+
+@pytest.mark.slapd
+async def test_ldap_directory_records_the_patient_and_an_outage_is_a_503(
+    tmp_path: Path,
+    tls_files: TlsFiles,
+    slapd: SlapdServer,  # skips without slapd locally, fails in CI
+) -> None:
+    pki = make_server_pki(tmp_path / "ldap-pki")
+    server = Slapd.start(
+        tmp_path / "slapd",
+        tls_cert=pki.cert_file,
+        tls_key=pki.key_file,
+        ca_file=pki.ca_file,
+    )
+    try:
+        ldap = server.relay_config(pki.ca_file, "self-service-password", timeout=2.0)
+        directory = DirectoryConfig(backend=Backend.LDAP, ldap=ldap)
+        async with serving(tmp_path, tls_files, directory) as s:
+            b = s.browser()
+            signed = await s.run(
+                lambda: b.request(
+                    "/compte/connexion",
+                    {"login": PATIENT_ADDR, "password": PASSWORD},
+                    as_json=True,
+                )
+            )
+            csrf = {"X-CSRF-Token": signed.json()["csrf"]}
+            closed = await s.run(
+                lambda: b.request("/compte/fermer", {}, as_json=True, headers=csrf)
+            )
+            assert closed.json()["changed"] is True
+            assert await _history(s) == [(PATIENT_ADDR, ConsentAction.OPT_OUT)]
+            server.stop()
+            down = await s.run(
+                lambda: b.request("/compte/rouvrir", {}, as_json=True, headers=csrf)
+            )
+            assert down.status == 503
+            assert "annuaire" in down.json()["error"]
+            page = await s.run(b.request, "/compte")
+            assert page.status == 503
+            assert [e["action"] for e in s.events("patient.consent.changed")] == [
+                "opt-out"
+            ]
+    finally:
+        server.stop()
