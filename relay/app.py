@@ -51,6 +51,7 @@ from relay.queue.receipts import ReadReceipts
 from relay.queue.resolve import DnsResolver
 from relay.queue.spool import Spool
 from relay.queue.transfer import OutboundDelivery, TransferSettings
+from relay.selfservice import SelfService
 from relay.smime import RelaySmime
 from relay.smtp.handler import HandlerContext, RelayHandler
 from relay.smtp.server import RelaySMTP
@@ -583,15 +584,16 @@ async def run_relay(
             stack.push_async_callback(receipts.stop)
         # The patients' monthly activity reports, and on-demand ones the CLI
         # asks for while the relay holds the store (issue 10).
+        report_ctx = ReportContext(
+            store=store,
+            directory=directory,
+            audit=acceptance.audit,
+            patient_domain=cfg.relay.patient_domain,
+            hostname=cfg.relay.hostname,
+            zone=zoneinfo.ZoneInfo(cfg.audit.timezone),
+        )
         reports = MonthlyReports(
-            ReportContext(
-                store=store,
-                directory=directory,
-                audit=acceptance.audit,
-                patient_domain=cfg.relay.patient_domain,
-                hostname=cfg.relay.hostname,
-                zone=zoneinfo.ZoneInfo(cfg.audit.timezone),
-            ),
+            report_ctx,
             cfg.audit,
             data_dir=data_dir,
             clock=clock,
@@ -681,6 +683,17 @@ async def run_relay(
                         cfg.web.listener,
                         server_context(cfg.tls, ask_client_certificate=False),
                         enrolment,
+                        # The patient's own pages (/compte): same accounts,
+                        # throttle and audit as SMTP and IMAP.
+                        SelfService(
+                            authenticator=authenticator,
+                            directory=directory,
+                            audit=audit,
+                            patient_domain=cfg.relay.patient_domain,
+                            reports=report_ctx,
+                            lockout=cfg.auth.lockout,
+                            clock=clock,
+                        ),
                     )
                 )
             except WebError as exc:
