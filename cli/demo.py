@@ -235,6 +235,12 @@ def _connect_help(config: Config, passwords: dict[str, str], patient: str) -> st
             if config.imap.implicit.enabled
             else ""
         )
+        + (
+            f"  patients (HTTPS)     https://{config.web.listener.host}:"
+            f"{config.web.listener.port}/compte (self-service; /activate, /recover)\n"
+            if config.web.listener.enabled
+            else ""
+        )
         + "Accounts (login / password), also in "
         + str(config.relay.data_dir / DEMO_ACCOUNTS_FILE)
         + ":\n"
