@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from directory.errors import DirectoryError
 from directory.model import Mailbox, OwnerKind
@@ -293,6 +293,39 @@ def _who(actor: str, via: str, owner: str) -> str:
     return f"{actor} ({role})" if role else actor
 
 
+_SCOPE_FR: Final = {"read": "lecture", "read-reply": "lecture et réponse"}
+
+
+def _consent_change(record: Mapping[str, Any]) -> str:
+    """A consent ledger change in plain French (identifiers only, as the
+    ledger keeps them: no contact value, no reason)."""
+    action = str(record.get("action", ""))
+    party = str(record.get("party", ""))
+    account = str(record.get("account", ""))
+    until = str(record.get("until", ""))[:10]
+    match action:
+        case "opt-out":
+            return "fermeture de votre messagerie aux nouveaux messages"
+        case "opt-in":
+            return "réouverture de votre messagerie"
+        case "block":
+            return f"blocage de {party}"
+        case "unblock":
+            return f"fin du blocage de {party}"
+        case "proxy-granted":
+            scope = _SCOPE_FR.get(str(record.get("scope", "")), "accès")
+            end = f" jusqu'au {until}" if until else ""
+            return f"accès accordé à {account} ({scope}){end}"
+        case "proxy-revoked":
+            return f"fin de l'accès de {account}"
+        case "contact-changed":
+            return "changement de vos coordonnées de contact"
+        case "treating-doctor-set":
+            return f"déclaration de votre médecin traitant ({record.get('doctor', '')})"
+        case _:
+            return "modification de vos choix"
+
+
 def _heading(title: str, count: int) -> list[str]:
     line = f"{title} ({count})"
     return ["", line, "-" * len(line)]
@@ -352,8 +385,10 @@ def render_text(report: Report, zone: zoneinfo.ZoneInfo) -> str:
         lines += _heading("Changements de vos choix", len(report.consent))
         for a in report.consent:
             who = _who(a.actor, a.via, owner) if a.actor else "le service"
+            if who == "cli":
+                who = "l'administration, à votre demande"
             lines.append(
-                f"- {_when(a.time, zone)} : modification enregistrée par {who}."
+                f"- {_when(a.time, zone)} : {_consent_change(a.record)} (par {who})."
             )
     if report.admin:
         lines += _heading("Interventions de l'administration", len(report.admin))

@@ -372,6 +372,42 @@ async def test_break_glass_and_proxy_deletion_appear_with_their_reason(
     assert "aidant-1 (aidant ou représentant légal) a supprimé 2 messages." in text
 
 
+async def test_consent_changes_are_told_in_plain_french_with_who_made_them(
+    parts: Parts,
+) -> None:
+    patient = patient_address(PATIENT)
+    october_activity(parts, patient, kept=True)
+    for day, actor, action, detail in (
+        (11, patient, "block", {"party": "810000000009"}),
+        (
+            12,
+            "cli",
+            "proxy-granted",
+            {
+                "account": "aidant-1",
+                "scope": "read",
+                "until": "2027-06-30T00:00:00+00:00",
+            },
+        ),
+        (13, patient, "contact-changed", {"email": "set"}),
+    ):
+        parts.trail.emit(
+            AuditEvent.PATIENT_CONSENT_CHANGED,
+            time=(OCT_10 + timedelta(days=day - 10)).isoformat(),
+            actor=actor,
+            patient=PATIENT.ins,
+            action=action,
+            **detail,
+        )
+    text = render_text(await gather(parts.ctx, patient, Month(2026, 10)), PARIS)
+    assert "blocage de 810000000009 (par vous)." in text
+    assert (
+        "accès accordé à aidant-1 (lecture) jusqu'au 2027-06-30"
+        " (par l'administration, à votre demande)." in text
+    )
+    assert "changement de vos coordonnées de contact (par vous)." in text
+
+
 async def test_a_month_outside_the_activity_reports_nothing_received(
     parts: Parts,
 ) -> None:
