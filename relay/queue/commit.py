@@ -33,9 +33,10 @@ What must stay true:
   fails its messages (each caller answers ``451``).
 - The ``accepted`` callback of a message runs once it is durable and before
   any of its ``message.delivered`` records (the audit trail reads in order).
-- At most one write runs at a time, in a thread of its own (never behind
-  delivery work); a group holds at most :data:`MAX_GROUP_MESSAGES` messages
-  and about :data:`MAX_GROUP_BYTES` bytes, the rest waits for the next round.
+- At most :data:`WRITERS` groups are written at a time, each in a thread
+  of the committer's own pool (never behind the spool-file delivery work); a
+  group holds at most :data:`MAX_GROUP_MESSAGES` messages and about
+  :data:`MAX_GROUP_BYTES` bytes, the rest waits for the next round.
 - Once a spool file is written, ``announce`` gets its name (the relay's
   delivery queues it; an acceptor process announces nothing and has no
   direct delivery).
@@ -62,6 +63,9 @@ if TYPE_CHECKING:
 # messages does not hold the first one's reply for long.
 MAX_GROUP_MESSAGES: Final = 64
 MAX_GROUP_BYTES: Final = 16 * 1024 * 1024
+# Groups written at the same time, each in a thread of its own: one group's
+# files sync while the next one's copies are sealed and written.
+WRITERS: Final = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +105,9 @@ class SpoolCommitter:
         self._announce = announce
         self._direct = direct
         self._waiting: list[_Waiting] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._writers: set[asyncio.Task[None]] = set()
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="spool"
+            max_workers=WRITERS, thread_name_prefix="spool"
         )
 
     async def write(
@@ -125,8 +129,10 @@ class SpoolCommitter:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Envelope] = loop.create_future()
         self._waiting.append(_Waiting(envelope, message, done, accepted))
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write_groups(), name="spool")
+        if len(self._writers) < WRITERS:
+            writer = asyncio.create_task(self._write_groups(), name="spool")
+            self._writers.add(writer)
+            writer.add_done_callback(self._writers.discard)
         return await done
 
     def _next_group(self) -> list[_Waiting]:
@@ -170,7 +176,9 @@ class SpoolCommitter:
                 if outcome.spool_file is not None:
                     self._announce(outcome.spool_file)
         finally:
-            self._writer = None
+            # At once, not by the done callback: a message arriving before
+            # that callback runs must find a writer slot free.
+            self._writers.discard(asyncio.current_task())
 
     def _commit(self, group: list[_Waiting]) -> _Outcome:
         """Store or spool one group (blocking, in the writer thread)."""
@@ -230,8 +238,8 @@ class SpoolCommitter:
 
     async def close(self) -> None:
         """Finish the writes under way (the listeners are closed first)."""
-        while self._writer is not None:
-            await asyncio.wait([self._writer])
+        while self._writers:
+            await asyncio.wait(list(self._writers))
         self._pool.shutdown(wait=True)
 
 
