@@ -59,7 +59,7 @@ from relay.audit import AuditEvent
 from relay.contact import ContactError
 from relay.queue.outbound import OutboundError
 from relay.queue.spool import Envelope, Recipient, SpoolError
-from relay.store import NewDelivery, StoreError
+from relay.store import NewDelivery, StoreError, parse_structure
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     from relay.queue.outbound import OutboundQueue
     from relay.queue.spool import Spool
     from relay.smime import Copies, MailboxKeys, RelaySmime
-    from relay.store import MailStore
+    from relay.store import MailStore, ParsedStructure
 
 log = logging.getLogger("mssante.relay.delivery")
 
@@ -300,6 +300,16 @@ class LocalDelivery:
         """The store copies of one message: each recipient's INBOX, the
         author's Sent folder for a local submission."""
         out: list[NewDelivery] = []
+        # Unprotected, every copy is the same message, the INBOX ones with a
+        # Return-Path line on top: one parse of its structure serves them all.
+        parsed = parse_structure(message) if copies is None else None
+        return_path = _return_path(envelope.sender)
+        inbox: ParsedStructure | None = None
+        if parsed is not None:
+            try:
+                inbox = parsed.with_return_path(return_path)
+            except ValueError:  # a sender no SMTP session gives: the store parses
+                inbox = None
         for recipient in envelope.recipients:
             if not self._is_local(recipient.address):
                 continue  # the outbound queue's (_queue_outbound)
@@ -309,9 +319,10 @@ class LocalDelivery:
             out.append(
                 NewDelivery(
                     address=recipient.address,
-                    message=_with_return_path(envelope.sender, content),
+                    message=return_path + content,
                     delivery_key=f"{envelope.queue_id}:{recipient.address}",
                     internal_date=envelope.received_at,
+                    structure=inbox,
                 )
             )
         if self._local_author(envelope):
@@ -325,6 +336,7 @@ class LocalDelivery:
                     internal_date=envelope.received_at,
                     folder=SENT_FOLDER,
                     flags=(SEEN,),
+                    structure=parsed,
                 )
             )
         return _Message(name, envelope, message, tuple(out))
@@ -600,6 +612,6 @@ def _notice_envelope(envelope: Envelope, at: datetime) -> Envelope:
     )
 
 
-def _with_return_path(sender: str, message: bytes) -> bytes:
+def _return_path(sender: str) -> bytes:
     # RFC 5321 §4.4: the final delivery adds Return-Path with the reverse-path.
-    return f"Return-Path: <{sender}>\r\n".encode() + message
+    return f"Return-Path: <{sender}>\r\n".encode()

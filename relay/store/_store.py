@@ -222,6 +222,10 @@ class NewDelivery:
     internal_date: datetime
     folder: str | SpecialUse = "INBOX"
     flags: tuple[str, ...] = ()
+    # ``parse_structure(message)`` when the caller has it already (the INBOX
+    # and Sent copies of one message share one parse,
+    # ParsedStructure.with_return_path); None: the store parses.
+    structure: ParsedStructure | None = None
 
 
 @dataclass(slots=True)
@@ -1112,9 +1116,13 @@ class MailStore:
                 if not isinstance(folder, SpecialUse):
                     folder = canonical_folder(folder)
                 blob_id = secrets.token_bytes(_BLOB_ID_SIZE)
+                parsed = d.structure
+                if parsed is None:
+                    parsed = parse_structure(d.message)
+                elif self._sanity and parsed != parse_structure(d.message):
+                    raise ValueError("a delivery's structure is not its message's")
                 structure = mailbox.key.seal(
-                    parse_structure(d.message).to_json(),
-                    _aad(b"structure", mailbox.id, blob_id),
+                    parsed.to_json(), _aad(b"structure", mailbox.id, blob_id)
                 )
                 row = (bits, _keyword_text(keywords), ts, tz)
                 path, fd = self._write_unsynced(mailbox, blob_id, d.message)
