@@ -375,7 +375,8 @@ class LocalDelivery:
             self._message(envelope.queue_id, envelope, message, None)
             for envelope, message in items
         ]
-        failed = self._store_copies(messages)
+        # Queue ids just made: no copy can have been stored before.
+        failed = self._store_copies(messages, fresh=True)
         landed = [m for m in messages if m.unit not in failed]
         with self._audit.together():
             if stored is not None:
@@ -402,7 +403,9 @@ class LocalDelivery:
         self._announce_delivered([m for m in messages if m.unit in done])
         return done
 
-    def _store_copies(self, messages: Sequence[_Message]) -> set[str]:
+    def _store_copies(
+        self, messages: Sequence[_Message], *, fresh: bool = False
+    ) -> set[str]:
         """Queue the remote recipients, store every local copy in one batch;
         the units (spool files, or queue ids) not durably delivered."""
         failed = self._queue_outbound(messages)
@@ -410,7 +413,7 @@ class LocalDelivery:
         try:
             for address in dict.fromkeys(c.address for c in copies):
                 self._store.ensure_mailbox(address)
-            results = self._store.deliver_batch(copies)
+            results = self._store.deliver_batch(copies, fresh=fresh)
         except (StoreError, OSError, sqlite3.Error):
             units = {m.unit for m in messages}
             log.exception("delivery of %d units failed; will retry", len(units))

@@ -1074,7 +1074,7 @@ class MailStore:
         return insert
 
     def deliver_batch(
-        self, deliveries: Sequence[NewDelivery]
+        self, deliveries: Sequence[NewDelivery], *, fresh: bool = False
     ) -> list[Delivered | StoreError]:
         """Store several messages, each exactly once per delivery key, with one
         sync round and one index commit for all of them.
@@ -1087,6 +1087,12 @@ class MailStore:
         seen before, also within the batch), or the :class:`StoreError` that
         refused that one (unknown mailbox or folder, bad flag); the others are
         stored all the same.
+
+        ``fresh``: the delivery keys were made just now (a message stored
+        before its ``250``, never spooled): no early look for a prior
+        delivery, which waits for the index lock behind another batch's
+        commit. Always safe: the commit itself still checks every key (a
+        duplicate then only costs its file, removed at once).
 
         Raises:
             OSError, sqlite3.Error: a host fault; nothing of the batch is stored.
@@ -1106,11 +1112,12 @@ class MailStore:
                     results[n] = exc
                     continue
                 tag = self._keys.locator("delivery", d.delivery_key)
-                with self._lock:
-                    prior = self._prior_delivery(self._conn(), mailbox, tag)
-                if prior is not None:
-                    results[n] = prior
-                    continue
+                if not fresh:
+                    with self._lock:
+                        prior = self._prior_delivery(self._conn(), mailbox, tag)
+                    if prior is not None:
+                        results[n] = prior
+                        continue
                 ts, tz = _date_parts(d.internal_date)
                 folder = d.folder
                 if not isinstance(folder, SpecialUse):
