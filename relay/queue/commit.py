@@ -31,8 +31,11 @@ What must stay true:
   to the spool with the same queue id (its delivery keys make the copies
   already stored a no-op on replay: exactly once). Only a failed spool write
   fails its messages (each caller answers ``451``).
-- The ``accepted`` callback of a message runs once it is durable and before
-  any of its ``message.delivered`` records (the audit trail reads in order).
+- The ``accepted`` callback of a message runs once, once it is durable and
+  before any of its ``message.delivered`` records (the audit trail reads in
+  order). One case answers ``451`` after it ran: copies stored, a success
+  notice failed, and the spool write that would retry it failed too; the
+  client sends again and the copies exist twice (never lost).
 - At most :data:`WRITERS` groups are written at a time, each in a thread
   of the committer's own pool (never behind the spool-file delivery work); a
   group holds at most :data:`MAX_GROUP_MESSAGES` messages and about
