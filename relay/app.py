@@ -244,6 +244,9 @@ class Acceptance:
     plain_ctx: ssl.SSLContext
     throttle: LoginThrottle
     handler: RelayHandler | None = None  # set once the listeners are up
+    # The relay's local delivery, which stores all-local mail before its
+    # 250 (relay.queue.commit); None in an acceptor process.
+    direct: LocalDelivery | None = None
 
 
 @contextlib.asynccontextmanager
@@ -316,8 +319,11 @@ async def accepting(
             plain_ctx=plain_ctx,
             throttle=throttle,
         )
-        # Group commit: what is spooled is announced to delivery by file.
-        committer = SpoolCommitter(spool, deliveries(acceptance))
+        # Group commit: what is spooled is announced to delivery by file;
+        # all-local mail is stored in its mailboxes before its 250 instead
+        # (the relay's delivery; acceptor processes have none).
+        announce = deliveries(acceptance)
+        committer = SpoolCommitter(spool, announce, direct=acceptance.direct)
         stack.push_async_callback(committer.close)
         ctx = HandlerContext(
             directory=directory,
@@ -543,6 +549,7 @@ async def run_relay(
                 on_delivered=dispatcher.delivered if dispatcher is not None else None,
             )
             made.append(delivery)
+            acceptance.direct = delivery
             return delivery.submit
 
         acceptance = await stack.enter_async_context(

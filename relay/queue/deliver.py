@@ -1,6 +1,16 @@
 """Local delivery: from the spool into the mailbox store, exactly once.
 
-Owns: the in-memory queue of spool files and the worker tasks that drain it.
+Owns: the in-memory queue of spool files and the worker tasks that drain it,
+and the delivery of accepted messages that skip the spool.
+
+Two ways in, one way through: :meth:`LocalDelivery.deliver_files` takes
+spool files (read back, delivered, removed); :meth:`LocalDelivery.deliver_direct`
+takes in-memory (envelope, message) items that the spool group commit
+(:mod:`relay.queue.commit`) stores *before* their ``250`` when every
+recipient is a local mailbox: no spool file at all, the ``250`` follows the
+mailbox copies' sync. Both run the same steps after the copies are durable
+(``message.delivered`` records, success notices, ``on_delivered``); an item
+that cannot be delivered so goes to the spool and takes the first way.
 
 Batches: a worker takes every spool file queued (up to
 :data:`MAX_BATCH_FILES`), and stores every copy of every message in them
@@ -49,7 +59,7 @@ from relay.audit import AuditEvent
 from relay.contact import ContactError
 from relay.queue.outbound import OutboundError
 from relay.queue.spool import Envelope, Recipient, SpoolError
-from relay.store import NewDelivery, StoreError
+from relay.store import NewDelivery, StoreError, parse_structure
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -60,7 +70,7 @@ if TYPE_CHECKING:
     from relay.queue.outbound import OutboundQueue
     from relay.queue.spool import Spool
     from relay.smime import Copies, MailboxKeys, RelaySmime
-    from relay.store import MailStore
+    from relay.store import MailStore, ParsedStructure
 
 log = logging.getLogger("mssante.relay.delivery")
 
@@ -79,9 +89,9 @@ SEEN: Final = "\\Seen"
 
 @dataclass(frozen=True, slots=True)
 class _Message:
-    """One spooled message and the store copies it makes."""
+    """One accepted message and the store copies it makes."""
 
-    file: str
+    unit: str  # its spool file, or its queue id when stored without the spool
     envelope: Envelope
     message: bytes
     copies: tuple[NewDelivery, ...]
@@ -290,6 +300,16 @@ class LocalDelivery:
         """The store copies of one message: each recipient's INBOX, the
         author's Sent folder for a local submission."""
         out: list[NewDelivery] = []
+        # Unprotected, every copy is the same message, the INBOX ones with a
+        # Return-Path line on top: one parse of its structure serves them all.
+        parsed = parse_structure(message) if copies is None else None
+        return_path = _return_path(envelope.sender)
+        inbox: ParsedStructure | None = None
+        if parsed is not None:
+            try:
+                inbox = parsed.with_return_path(return_path)
+            except ValueError:  # a sender no SMTP session gives: the store parses
+                inbox = None
         for recipient in envelope.recipients:
             if not self._is_local(recipient.address):
                 continue  # the outbound queue's (_queue_outbound)
@@ -299,9 +319,10 @@ class LocalDelivery:
             out.append(
                 NewDelivery(
                     address=recipient.address,
-                    message=_with_return_path(envelope.sender, content),
+                    message=return_path + content,
                     delivery_key=f"{envelope.queue_id}:{recipient.address}",
                     internal_date=envelope.received_at,
+                    structure=inbox,
                 )
             )
         if self._local_author(envelope):
@@ -315,52 +336,125 @@ class LocalDelivery:
                     internal_date=envelope.received_at,
                     folder=SENT_FOLDER,
                     flags=(SEEN,),
+                    structure=parsed,
                 )
             )
         return _Message(name, envelope, message, tuple(out))
 
+    def accepts_direct(self, envelope: Envelope) -> bool:
+        """Whether :meth:`deliver_direct` may store this message before its
+        ``250``, without the spool: every recipient is a local mailbox, and no
+        end-to-end protection (whose directory look-ups run on the event loop,
+        :meth:`_deliver_protected`) is configured."""
+        return (
+            self._protection is None
+            and bool(envelope.recipients)
+            and all(self._is_local(r.address) for r in envelope.recipients)
+        )
+
+    def deliver_direct(
+        self,
+        items: Sequence[tuple[Envelope, bytes]],
+        *,
+        stored: Callable[[int], None] | None = None,
+    ) -> set[int]:
+        """Deliver accepted messages that are not in the spool (blocking), in
+        one batch; the indexes of ``items`` fully delivered.
+
+        Each envelope carries its queue id already (the delivery keys derive
+        from it). Everything :meth:`deliver_files` does for a spool file is
+        done here, in the same order: copies stored durably (one sync round,
+        one index commit), then ``stored(index)`` for each message whose
+        copies are all durable (the SMTP side writes its ``message.accepted``
+        record), its ``message.delivered`` records, its success notices, then
+        ``on_delivered``. A message not in the returned set must go to the
+        spool: its copies already stored are then duplicates, a no-op on
+        replay; ``stored`` may have been called for it.
+        """
+        messages = [
+            self._message(envelope.queue_id, envelope, message, None)
+            for envelope, message in items
+        ]
+        # Queue ids just made: no copy can have been stored before.
+        failed = self._store_copies(messages, fresh=True)
+        landed = [m for m in messages if m.unit not in failed]
+        with self._audit.together():
+            if stored is not None:
+                at = {m.unit: n for n, m in enumerate(messages)}
+                for m in landed:
+                    stored(at[m.unit])
+            self._record_delivered(landed)
+        failed |= self._notify_all(landed)
+        self._announce_delivered([m for m in landed if m.unit not in failed])
+        return {n for n, m in enumerate(messages) if m.unit not in failed}
+
     def _deliver_messages(self, messages: Sequence[_Message]) -> set[str]:
         """Store every copy in one batch; remove the spool files whose copies
         are all durable; return their names (the others are retried)."""
-        files = {m.file for m in messages}
+        files = {m.unit for m in messages}
+        failed = self._store_copies(messages)
+        landed = [m for m in messages if m.unit not in failed]
+        with self._audit.together():
+            self._record_delivered(landed)
+        failed |= self._notify_all(landed)
+        done = files - failed
+        for name in sorted(done):
+            self._spool.remove(name)
+        self._announce_delivered([m for m in messages if m.unit in done])
+        return done
+
+    def _store_copies(
+        self, messages: Sequence[_Message], *, fresh: bool = False
+    ) -> set[str]:
+        """Queue the remote recipients, store every local copy in one batch;
+        the units (spool files, or queue ids) not durably delivered."""
         failed = self._queue_outbound(messages)
-        messages = [m for m in messages if m.file not in failed]
-        copies = [copy for m in messages for copy in m.copies]
+        copies = [copy for m in messages if m.unit not in failed for copy in m.copies]
         try:
             for address in dict.fromkeys(c.address for c in copies):
                 self._store.ensure_mailbox(address)
-            results = self._store.deliver_batch(copies)
+            results = self._store.deliver_batch(copies, fresh=fresh)
         except (StoreError, OSError, sqlite3.Error):
-            log.exception("delivery of %d spool files failed; will retry", len(files))
-            return set()
+            units = {m.unit for m in messages}
+            log.exception("delivery of %d units failed; will retry", len(units))
+            return units
         at = 0
-        with self._audit.together():
-            for m in messages:
-                mine = results[at : at + len(m.copies)]
-                at += len(m.copies)
-                refused = [r for r in mine if isinstance(r, StoreError)]
-                if refused:
-                    log.error(
-                        "delivery of %s failed (%s); will retry",
-                        m.envelope.queue_id,
-                        type(refused[0]).__name__,
-                    )
-                    failed.add(m.file)
-                    continue
-                for recipient in m.envelope.recipients:
-                    if not self._is_local(recipient.address):
-                        continue
-                    self._audit.emit(
-                        AuditEvent.MESSAGE_DELIVERED,
-                        cid=m.envelope.cid,
-                        sender=m.envelope.sender,
-                        recipient=recipient.address,
-                        queue_id=m.envelope.queue_id,
-                        message_ref=m.envelope.message_ref,
-                    )
         for m in messages:
-            if m.file in failed:
+            if m.unit in failed:
                 continue
+            mine = results[at : at + len(m.copies)]
+            at += len(m.copies)
+            refused = [r for r in mine if isinstance(r, StoreError)]
+            if refused:
+                log.error(
+                    "delivery of %s failed (%s); will retry",
+                    m.envelope.queue_id,
+                    type(refused[0]).__name__,
+                )
+                failed.add(m.unit)
+        return failed
+
+    def _record_delivered(self, messages: Sequence[_Message]) -> None:
+        """The ``message.delivered`` records of messages whose copies are
+        durable (the caller groups them in one write)."""
+        for m in messages:
+            for recipient in m.envelope.recipients:
+                if not self._is_local(recipient.address):
+                    continue
+                self._audit.emit(
+                    AuditEvent.MESSAGE_DELIVERED,
+                    cid=m.envelope.cid,
+                    sender=m.envelope.sender,
+                    recipient=recipient.address,
+                    queue_id=m.envelope.queue_id,
+                    message_ref=m.envelope.message_ref,
+                )
+
+    def _notify_all(self, messages: Sequence[_Message]) -> set[str]:
+        """Success notices of delivered messages; the units whose notice
+        failed (to retry: their copies are duplicates then)."""
+        failed: set[str] = set()
+        for m in messages:
             try:
                 self._notify_success(
                     m.envelope,
@@ -372,13 +466,9 @@ class LocalDelivery:
                     m.message,
                 )
             except (StoreError, OSError, sqlite3.Error, NoticeError):
-                log.exception("success notice of %s failed; will retry", m.file)
-                failed.add(m.file)
-        done = files - failed
-        for name in sorted(done):
-            self._spool.remove(name)
-        self._announce_delivered([m for m in messages if m.file in done])
-        return done
+                log.exception("success notice of %s failed; will retry", m.unit)
+                failed.add(m.unit)
+        return failed
 
     def _announce_delivered(self, messages: Sequence[_Message]) -> None:
         """Tell ``on_delivered`` (the contact notices, issue 10) what landed
@@ -412,7 +502,7 @@ class LocalDelivery:
         items = [(m, remote) for m, remote in items if remote]
         if not items:
             return set()
-        files = {m.file for m, _ in items}
+        files = {m.unit for m, _ in items}
         if self._outbound is None:
             # The RCPT policy accepts remote recipients only with outbound
             # delivery configured; a file from an older configuration waits.
@@ -525,6 +615,6 @@ def _notice_envelope(envelope: Envelope, at: datetime) -> Envelope:
     )
 
 
-def _with_return_path(sender: str, message: bytes) -> bytes:
+def _return_path(sender: str) -> bytes:
     # RFC 5321 §4.4: the final delivery adds Return-Path with the reverse-path.
-    return f"Return-Path: <{sender}>\r\n".encode() + message
+    return f"Return-Path: <{sender}>\r\n".encode()

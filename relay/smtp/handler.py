@@ -90,10 +90,18 @@ DIRECTORY_CACHE_SECONDS: Final = 30.0
 
 class SpoolWriter(Protocol):
     """Where an accepted message goes before its ``250``
-    (:class:`relay.queue.commit.SpoolCommitter`): durable on return, and
-    announced to delivery by the writer."""
+    (:class:`relay.queue.commit.SpoolCommitter`): durable on return (stored
+    in its mailboxes when all are local, or spooled and announced to
+    delivery); ``accepted`` is called once it is durable, before its
+    delivery is recorded."""
 
-    async def write(self, envelope: Envelope, message: bytes) -> Envelope: ...
+    async def write(
+        self,
+        envelope: Envelope,
+        message: bytes,
+        *,
+        accepted: Callable[[Envelope], None] | None = None,
+    ) -> Envelope: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -721,6 +729,26 @@ class RelayHandler:
             smtputf8=envelope.smtp_utf8,
             message_ref=self._ctx.audit.message_ref(message_id) if message_id else "",
         )
+        peer = _peer_ip(session)
+
+        def accepted(durable: Envelope) -> None:
+            # Once the message is durable, before its delivery is recorded.
+            self._ctx.audit.emit(
+                AuditEvent.MESSAGE_ACCEPTED,
+                cid=server.cid,
+                channel=server.channel,
+                actor=durable.account,
+                peer=peer,
+                sender=durable.sender,
+                # owner, or delegation / proxy: the account sent on the
+                # sender's behalf (None on MX).
+                via=sender.via or None,
+                recipients=[r.address for r in durable.recipients],
+                queue_id=durable.queue_id,
+                message_ref=durable.message_ref,
+                size=len(stored),
+            )
+
         try:
             if self._concerns_threads(sender, envelope, message_id):
                 await asyncio.to_thread(
@@ -731,8 +759,9 @@ class RelayHandler:
                     message_id,
                     references,
                 )
-            # Durable on return, shared with the messages ending meanwhile.
-            spooled = await self._ctx.spool.write(spooled, stored)
+            # Durable on return (in its mailboxes, or in the spool), shared
+            # with the messages ending meanwhile; ``accepted`` ran by then.
+            spooled = await self._ctx.spool.write(spooled, stored, accepted=accepted)
         except (OSError, SpoolError) as exc:
             self._ctx.audit.emit(
                 AuditEvent.MESSAGE_REJECTED,
@@ -742,21 +771,6 @@ class RelayHandler:
                 reason=f"spool write failed: {type(exc).__name__}",
             )
             return str(policy.R451_LOCAL_ERROR)
-        self._ctx.audit.emit(
-            AuditEvent.MESSAGE_ACCEPTED,
-            cid=server.cid,
-            channel=server.channel,
-            actor=spooled.account,
-            peer=_peer_ip(session),
-            sender=spooled.sender,
-            # owner, or delegation / proxy: the account sent on the sender's
-            # behalf (None on MX).
-            via=sender.via or None,
-            recipients=[r.address for r in spooled.recipients],
-            queue_id=spooled.queue_id,
-            message_ref=spooled.message_ref,
-            size=len(stored),
-        )
         if sender.role is policy.Role.PATIENT and patient_initiated(references):
             await self._answer_patient(server, envelope, sender, message_id, now)
         return f"250 2.0.0 Ok: queued as {spooled.queue_id}"

@@ -52,6 +52,7 @@ What must stay true:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
 import hmac
@@ -63,7 +64,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from relay.store._errors import (
     CorruptMessageError,
@@ -120,10 +121,16 @@ DEFAULT_FOLDERS: Final = (
 # Message file: magic and format version, then nonce || ciphertext || tag.
 _MAGIC: Final = b"MSSTORE1"
 _TMP_PREFIX: Final = ".tmp-"
+_T = TypeVar("_T")
 _BLOB_ID_SIZE: Final = 16
 # RFC 3501 §9: nz-number and uniqueid are 32-bit unsigned.
 _MAX_UID: Final = 2**32 - 1
 _MAX_FOLDER_NAME: Final = 255
+# Syncs of one delivery batch run this many at a time: the disk takes
+# concurrent cache flushes together (measured here: 40 new 7 KB files synced
+# in about half the time of one after another). Each still returns only
+# when its own file or directory is durable.
+SYNC_THREADS: Final = 8
 
 # System flags as bits in messages.flags; RFC 3501 §2.3.2.
 _FLAG_BITS: Final = {
@@ -222,6 +229,10 @@ class NewDelivery:
     internal_date: datetime
     folder: str | SpecialUse = "INBOX"
     flags: tuple[str, ...] = ()
+    # ``parse_structure(message)`` when the caller has it already (the INBOX
+    # and Sent copies of one message share one parse,
+    # ParsedStructure.with_return_path); None: the store parses.
+    structure: ParsedStructure | None = None
 
 
 @dataclass(slots=True)
@@ -392,6 +403,9 @@ class MailStore:
         self._mailboxes: dict[str, _Mailbox] = {}
         self._subscribers: dict[int, tuple[Callable[[Change], None], str | None]] = {}
         self._next_subscriber = 0
+        # The syncs of a batch run together (deliver_batch); made when needed.
+        self._syncer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._syncer_lock = threading.Lock()
 
     # --- life cycle ---------------------------------------------------------
 
@@ -484,6 +498,10 @@ class MailStore:
             self._db = None
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
+        with self._syncer_lock:
+            if self._syncer is not None:
+                self._syncer.shutdown(wait=True)
+                self._syncer = None
 
     def __enter__(self) -> MailStore:
         return self
@@ -1070,7 +1088,7 @@ class MailStore:
         return insert
 
     def deliver_batch(
-        self, deliveries: Sequence[NewDelivery]
+        self, deliveries: Sequence[NewDelivery], *, fresh: bool = False
     ) -> list[Delivered | StoreError]:
         """Store several messages, each exactly once per delivery key, with one
         sync round and one index commit for all of them.
@@ -1083,6 +1101,12 @@ class MailStore:
         seen before, also within the batch), or the :class:`StoreError` that
         refused that one (unknown mailbox or folder, bad flag); the others are
         stored all the same.
+
+        ``fresh``: the delivery keys were made just now (a message stored
+        before its ``250``, never spooled): no early look for a prior
+        delivery, which waits for the index lock behind another batch's
+        commit. Always safe: the commit itself still checks every key (a
+        duplicate then only costs its file, removed at once).
 
         Raises:
             OSError, sqlite3.Error: a host fault; nothing of the batch is stored.
@@ -1102,19 +1126,24 @@ class MailStore:
                     results[n] = exc
                     continue
                 tag = self._keys.locator("delivery", d.delivery_key)
-                with self._lock:
-                    prior = self._prior_delivery(self._conn(), mailbox, tag)
-                if prior is not None:
-                    results[n] = prior
-                    continue
+                if not fresh:
+                    with self._lock:
+                        prior = self._prior_delivery(self._conn(), mailbox, tag)
+                    if prior is not None:
+                        results[n] = prior
+                        continue
                 ts, tz = _date_parts(d.internal_date)
                 folder = d.folder
                 if not isinstance(folder, SpecialUse):
                     folder = canonical_folder(folder)
                 blob_id = secrets.token_bytes(_BLOB_ID_SIZE)
+                parsed = d.structure
+                if parsed is None:
+                    parsed = parse_structure(d.message)
+                elif self._sanity and parsed != parse_structure(d.message):
+                    raise ValueError("a delivery's structure is not its message's")
                 structure = mailbox.key.seal(
-                    parse_structure(d.message).to_json(),
-                    _aad(b"structure", mailbox.id, blob_id),
+                    parsed.to_json(), _aad(b"structure", mailbox.id, blob_id)
                 )
                 row = (bits, _keyword_text(keywords), ts, tz)
                 path, fd = self._write_unsynced(mailbox, blob_id, d.message)
@@ -1126,11 +1155,10 @@ class MailStore:
                 directories[mailbox.directory] = None
             # One sync round: the files' data, then each directory once (the
             # entries were created before the first sync, so most of the
-            # directory syncs find their journal already committed).
-            for fd in fds:
-                os.fdatasync(fd)
-            for directory in directories:
-                _fsync_dir(directory)
+            # directory syncs find their journal already committed). Each
+            # step is done, every sync returned, before the next starts.
+            self._sync_all(os.fdatasync, fds)
+            self._sync_all(_fsync_dir, list(directories))
             if jobs:
                 self._commit_jobs([job for _, job, _ in jobs])
         finally:
@@ -1147,6 +1175,24 @@ class MailStore:
                 raise StoreError("delivery lost its result")
             out.append(result)
         return out
+
+    def _sync_all(self, sync: Callable[[_T], None], targets: list[_T]) -> None:
+        """``sync`` every target, up to :data:`SYNC_THREADS` at a time; returns
+        once all have returned, raises the first failure (after all ended)."""
+        if len(targets) <= 1:
+            for target in targets:
+                sync(target)
+            return
+        with self._syncer_lock:
+            if self._syncer is None:
+                self._syncer = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=SYNC_THREADS, thread_name_prefix="store-sync"
+                )
+            syncer = self._syncer
+        futures = [syncer.submit(sync, target) for target in targets]
+        concurrent.futures.wait(futures)
+        for future in futures:
+            future.result()
 
     def _write_unsynced(
         self, mailbox: _Mailbox, blob_id: bytes, message: bytes

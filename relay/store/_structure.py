@@ -22,6 +22,7 @@ What must stay true:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -153,6 +154,40 @@ class ParsedStructure:
                 raise KeyError(section)
         return node
 
+    def with_return_path(self, field: bytes) -> ParsedStructure | None:
+        """The structure of ``field + message`` without parsing again, where
+        ``field`` is one ``Return-Path`` header field ending in CRLF (RFC 5321
+        §4.4: final delivery adds it on top): every offset moves by its
+        length, the top-level header gains it, nothing else changes (no
+        ENVELOPE or BODYSTRUCTURE value reads Return-Path).
+
+        Returns None when that does not hold for this message (it begins
+        with a folded line, which would continue the added field): the
+        caller parses ``field + message`` instead.
+
+        Raises:
+            ValueError: ``field`` is not one Return-Path line (a bug in the
+                caller).
+        """
+        if not (
+            field[:12].lower() == b"return-path:"
+            and field.endswith(b"\r\n")
+            and b"\n" not in field[:-1]
+            and b"\r" not in field[:-2]
+        ):
+            raise ValueError("not one Return-Path header line")
+        if self.header[:1] in (b" ", b"\t"):
+            return None
+        shift = len(field)
+        root = _shifted(self.body, shift)
+        return ParsedStructure(
+            size=self.size + shift,
+            envelope=self.envelope,
+            # The root header still starts at the top: the added field is in it.
+            body=dataclasses.replace(root, header_start=0),
+            header=field + self.header,
+        )
+
     def to_json(self) -> bytes:
         return json.dumps(
             [
@@ -192,6 +227,18 @@ def parse_structure(message: bytes) -> ParsedStructure:
         envelope=_envelope(fields),
         body=root,
         header=message[: root.body_start],
+    )
+
+
+def _shifted(part: BodyPart, shift: int) -> BodyPart:
+    """``part`` with every offset, its children's too, moved by ``shift``."""
+    return dataclasses.replace(
+        part,
+        parts=tuple(_shifted(child, shift) for child in part.parts),
+        body=_shifted(part.body, shift) if part.body is not None else None,
+        header_start=part.header_start + shift,
+        body_start=part.body_start + shift,
+        body_end=part.body_end + shift,
     )
 
 
