@@ -10,12 +10,8 @@ store's delivery keys).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
-import signal
 import smtplib
-import threading
 import time
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -33,6 +29,7 @@ from tests.support.relay_fixtures import (
 )
 
 if TYPE_CHECKING:
+    import threading
     from pathlib import Path
 
 CLIENTS = 4
@@ -74,32 +71,16 @@ async def test_sigkill_under_load_loses_nothing_and_duplicates_nothing(
     config_path = serve.write_config(tmp_path, tls_files.directory)
     cfg = load(config_path)
     await seed_data_dir(cfg, tls_files)
-    proc, port = await asyncio.to_thread(serve.start, config_path)
     acked: list[str] = []
-    stop = threading.Event()
-    workers = [
-        threading.Thread(
-            target=_load, args=(port, tls_files.directory / "ca.pem", w, acked, stop)
-        )
-        for w in range(CLIENTS)
-    ]
-    try:
-        for w in workers:
-            w.start()
-        deadline = time.monotonic() + 60
-        # The load runs in threads: poll how many got their 250.
-        while len(acked) < KILL_AFTER_ACKS and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        stop.set()
-        for w in workers:
-            w.join(10)
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        if proc.stdout is not None:
-            proc.stdout.close()
+    ca = tls_files.directory / "ca.pem"
+    await serve.kill_under_load(
+        config_path,
+        lambda port, worker, stop: _load(port, ca, worker, acked, stop),
+        clients=CLIENTS,
+        acked=acked,
+        kill_after=KILL_AFTER_ACKS,
+        poll=0.01,
+    )
     acknowledged = set(acked)
     assert len(acknowledged) >= KILL_AFTER_ACKS
 

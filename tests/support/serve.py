@@ -8,13 +8,18 @@ bound submission port, read from what the command prints.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sized
     from pathlib import Path
 
 _SUBMISSION = re.compile(r"SMTP submission \(STARTTLS\)\s+127\.0\.0\.1:(\d+)")
@@ -81,3 +86,39 @@ def start(config: Path, timeout: float = 30) -> tuple[subprocess.Popen[str], int
             return proc, int(found.group(1))
     proc.kill()
     raise AssertionError("relay did not start: " + (proc.stdout.read() or ""))
+
+
+async def kill_under_load(
+    config: Path,
+    load: Callable[[int, int, threading.Event], None],
+    *,
+    clients: int,
+    acked: Sized,
+    kill_after: int,
+    poll: float = 0.01,
+) -> None:
+    """Start ``mssante serve``, run ``clients`` threads of ``load(port,
+    worker, stop)``, and SIGKILL the relay once ``acked`` holds
+    ``kill_after`` acknowledgements (or after 60 s); then stop the load."""
+    proc, port = await asyncio.to_thread(start, config)
+    stop = threading.Event()
+    workers = [
+        threading.Thread(target=load, args=(port, w, stop)) for w in range(clients)
+    ]
+    try:
+        for w in workers:
+            w.start()
+        deadline = time.monotonic() + 60
+        # The load runs in threads: poll how many got their 250.
+        while len(acked) < kill_after and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(poll)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(10)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        if proc.stdout is not None:
+            proc.stdout.close()
