@@ -18,7 +18,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,7 @@ from relay.enrolment import (
 )
 from relay.notify import texts
 from relay.queue.spool import Spool
+from tests.support.clock import MovingClock as Clock
 from tests.support.relay_fixtures import (
     PASSWORD,
     PATIENT,
@@ -92,16 +93,6 @@ class RecordingNotifier:
         async with asyncio.timeout(10), self._arrived:
             await self._arrived.wait_for(lambda: len(self.sent) >= count)
         return self.sent[count - 1][1]
-
-
-@dataclass
-class Clock:
-    """The relay's clock, moved by tests."""
-
-    offset: timedelta = field(default_factory=timedelta)
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.offset
 
 
 @dataclass

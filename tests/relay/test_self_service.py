@@ -22,7 +22,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ from relay.app import run_relay
 from relay.selfservice import SESSION_IDLE, SESSION_MAX
 from tests.directory import samples
 from tests.relay.test_smtp import message
+from tests.support.clock import MovingClock as Clock
 from tests.support.relay_fixtures import (
     DOCTOR,
     PASSWORD,
@@ -64,16 +65,6 @@ UNLISTED = samples.mailbox(
 PROXY = "aidant-1"
 ABSENT_STRUCTURE = "1750000002"  # a valid FINESS nobody registered
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
-
-
-@dataclass
-class Clock:
-    """The relay's clock, moved by tests."""
-
-    offset: timedelta = field(default_factory=timedelta)
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.offset
 
 
 @dataclass
