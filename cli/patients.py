@@ -51,7 +51,7 @@ from directory.model import (
     to_record,
 )
 from relay import generated
-from relay.accounts import AccountStore
+from relay.accounts import Account, AccountKind, AccountStore
 from relay.app import STORE_DIR_NAME, load_master_key
 from relay.audit import AuditEvent
 from relay.contact import ContactError, NoticeKind
@@ -242,8 +242,24 @@ async def cmd_unblock(ctx: Context, d: Directory, a: argparse.Namespace) -> int:
     return 0
 
 
+def _account(ctx: Context, login: str) -> Account:
+    """The account ``login`` of the relay's account store, or an error naming it."""
+    accounts = AccountStore.for_config(ctx.config)
+    try:
+        known = accounts.get(login)
+    finally:
+        accounts.close()
+    if known is None:
+        raise InvalidFieldError("account", login, "no such account")
+    return known
+
+
 async def cmd_grant_proxy(ctx: Context, d: Directory, a: argparse.Namespace) -> int:
     scope = ProxyScope(a.scope)
+    # A grant to a login nobody holds yet would go to whoever is later given
+    # that login: only an existing caregiver account.
+    if _account(ctx, a.account).kind is not AccountKind.PROXY:
+        raise InvalidFieldError("account", a.account, "is not a proxy account")
     await _change(
         ctx, d, a, GrantProxy(a.account, scope, values.expiry("until", a.until))
     )
@@ -358,13 +374,7 @@ async def open_break_glass(
         raise InvalidFieldError(
             "hours", hours, f"must be from 1 to {MAX_BREAK_GLASS_HOURS}"
         )
-    accounts = AccountStore.for_config(ctx.config)
-    try:
-        known = accounts.get(account)
-    finally:
-        accounts.close()
-    if known is None:
-        raise InvalidFieldError("account", account, "no such account")
+    _account(ctx, account)
     now = _now()
     until = now + timedelta(hours=hours)
     change = OpenBreakGlass(account, reason, until, opened_by=actor)

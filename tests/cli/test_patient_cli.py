@@ -48,6 +48,11 @@ def config(tmp_path: Path) -> Path:
          "--contact-email", "marie@example.org", "--contact-phone", "+33612345678"],
     ):  # fmt: skip
         assert run(path, *argv)[0] == EXIT_OK, argv
+    accounts = AccountStore.for_config(load(path))
+    try:
+        accounts.create("aidant-1", AccountKind.PROXY, "Aidant-pw-1234!", [])
+    finally:
+        accounts.close()
     return path
 
 
@@ -230,3 +235,22 @@ def test_break_glass_tells_the_patient_in_their_inbox(config: Path) -> None:
         "admin-1",
         "demande du médecin traitant",
     )
+
+
+def test_a_proxy_grant_goes_only_to_an_existing_caregiver_account(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    accounts = AccountStore.for_config(load(config))
+    try:
+        accounts.create("secretaire-1", AccountKind.STAFF, "Staff-pw-1234!", [])
+    finally:
+        accounts.close()
+    # A login nobody holds yet would go to whoever gets it later.
+    for login, problem in (
+        ("personne", "no such account"),
+        ("secretaire-1", "is not a proxy account"),
+    ):
+        status, _ = run(config, "patient", "grant-proxy", INS, login, "--scope", "read")
+        assert status == EXIT_INVALID
+        assert f"account: '{login}': {problem}" in capsys.readouterr().err
+    assert run_json(config, "patient", "history", INS) == []
