@@ -39,6 +39,7 @@ from directory.consent import (
     SetTreatingDoctor,
     Unblock,
     canonical_party,
+    find_party,
     party_kind,
 )
 from directory.errors import EntryNotFoundError, InvalidFieldError
@@ -54,6 +55,7 @@ from relay import generated
 from relay.accounts import Account, AccountKind, AccountStore
 from relay.app import STORE_DIR_NAME, load_master_key
 from relay.audit import AuditEvent
+from relay.audit_query import consent_fields
 from relay.contact import ContactError, NoticeKind
 from relay.notify import Notifier, texts
 
@@ -179,14 +181,7 @@ async def _change(
             f"patient {ins}: unchanged ({a.command}: nothing to do)",
         )
         return outcome
-    ctx.audit(
-        AuditEvent.PATIENT_CONSENT_CHANGED,
-        actor=record.actor,
-        patient=ins,
-        action=record.action.value,
-        sequence=record.sequence,
-        **record.details,
-    )
+    ctx.audit(AuditEvent.PATIENT_CONSENT_CHANGED, **consent_fields(record))
     ctx.emit(
         {"ins": ins, "changed": True, "record": record.as_json()},
         f"patient {ins}: {_describe_record(record).strip()}",
@@ -218,15 +213,8 @@ async def cmd_opt_in(ctx: Context, d: Directory, a: argparse.Namespace) -> int:
 async def _known_party(d: Directory, party: str) -> str:
     """The canonical party, which must be in the directory."""
     canonical = canonical_party(party)
-    kind = party_kind(party)
-    found: object
-    if kind == "mailbox":
-        found = await d.mailbox(canonical)
-    elif kind == "practitioner":
-        found = await d.practitioner(canonical)
-    else:
-        found = await d.organisation(canonical)
-    if found is None:
+    if await find_party(d, canonical) is None:
+        kind = party_kind(canonical)
         raise InvalidFieldError("party", party, f"no such {kind} in the directory")
     return canonical
 

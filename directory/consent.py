@@ -43,6 +43,9 @@ from directory.model import (
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from directory.model import Mailbox, Organisation, Practitioner
+    from directory.protocol import Directory
+
 Detail = tuple[tuple[str, str], ...]
 Applied = tuple[Patient, ConsentAction, Detail]
 
@@ -95,6 +98,20 @@ def canonical_party(party: str) -> str:
             return ids.national_practitioner_id(party.strip(), "party")
         case _:
             return ids.national_structure_id(party.strip(), "party")
+
+
+async def find_party(
+    directory: Directory, party: str
+) -> Mailbox | Practitioner | Organisation | None:
+    """The directory entry a canonical party names (mailbox, practitioner or
+    organisation), or None."""
+    match party_kind(party):
+        case "mailbox":
+            return await directory.mailbox(party)
+        case "practitioner":
+            return await directory.practitioner(party)
+        case _:
+            return await directory.organisation(party)
 
 
 def _iso(value: datetime | None) -> str:

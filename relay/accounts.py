@@ -695,6 +695,11 @@ class AccountStore:
         found = self._usage(" WHERE login = ?", (login,))
         return found[0] if found else None
 
+    def is_activated(self, login: str) -> bool:
+        """Whether ``login`` set its own password (enrolment's activation)."""
+        usage = self.usage_of(login)
+        return usage is not None and usage.activated is not None
+
     def usage(self, kind: AccountKind | None = None) -> list[AccountUsage]:
         """Creation, activation and last login of every account (of ``kind``).
 

@@ -33,6 +33,21 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
     from pathlib import Path
 
+    from directory.model import ConsentRecord
+
+
+def consent_fields(record: ConsentRecord) -> dict[str, object]:
+    """The fields of a ``patient.consent.changed`` record for a ledger record
+    (the report reads them back: ``action`` and the detail's identifiers)."""
+    return {
+        "actor": record.actor,
+        "patient": record.ins,
+        "action": record.action.value,
+        "sequence": record.sequence,
+        **record.details,
+    }
+
+
 # Fields that name a mailbox, an account or a patient in a record.
 MATCH_FIELDS: Final = (
     "actor",

@@ -385,7 +385,7 @@ class Enrolment:
             raise AccountExistsError(
                 f"login: {login!r} is a {account.kind.value} account"
             )
-        elif self._activated(login):
+        elif self.accounts.is_activated(login):
             raise AlreadyActivatedError(
                 f"login: {login!r} is already activated; use 'patient recover'"
             )
@@ -422,10 +422,6 @@ class Enrolment:
             created=created,
             code=issued.code if delivery is Delivery.PRINT else None,
         )
-
-    def _activated(self, login: str) -> bool:
-        usage = self.accounts.usage_of(login)
-        return usage is not None and usage.activated is not None
 
     async def _notify(
         self, patient: Patient, notice: ContactNotice, login: str, purpose: CodePurpose
@@ -587,7 +583,7 @@ class Enrolment:
             raise AccountNotFoundError(f"login: no patient account {login!r}")
         if account.locked:
             raise EnrolmentError(f"login: {login!r} is locked")
-        if not self._activated(login):
+        if not self.accounts.is_activated(login):
             raise EnrolmentError(
                 f"login: {login!r} was never activated; use 'patient enrol'"
             )

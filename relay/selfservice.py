@@ -65,6 +65,7 @@ from directory.consent import (
     SetTreatingDoctor,
     Unblock,
     canonical_party,
+    find_party,
     party_kind,
 )
 from directory.errors import DirectoryError, EntryNotFoundError, InvalidFieldError
@@ -82,6 +83,7 @@ from directory.model import (
 )
 from relay.accounts import AccountKind, Attempt, Mechanism, ThrottleVerdict
 from relay.audit import AuditEvent
+from relay.audit_query import consent_fields
 from relay.audit_report import Month, ReportError, gather, on_demand_key, send_report
 
 if TYPE_CHECKING:
@@ -352,7 +354,7 @@ class SelfService:
             reason = f"{verified.account.kind.value} account may not sign in here"
         elif not self._auth.mechanisms.allows(AccountKind.PATIENT, Mechanism.PASSWORD):
             reason = "password not allowed for patient"
-        elif not self._activated(login):
+        elif not self._accounts.is_activated(login):
             reason = "account never activated"
         else:
             patient = await self._patient_of(login)
@@ -399,10 +401,6 @@ class SelfService:
             mechanism=attempt.sasl,
             reason=reason,
         )
-
-    def _activated(self, login: str) -> bool:
-        usage = self._accounts.usage_of(login)
-        return usage is not None and usage.activated is not None
 
     async def _patient_of(self, login: str) -> Patient | None:
         try:
@@ -513,17 +511,12 @@ class SelfService:
         except InvalidFieldError:
             return PartyView(party, "", "")
         name = ""
-        if kind == "mailbox":
-            mailbox = await self._directory.mailbox(party)
-            if mailbox is not None and mailbox.published:
+        match await find_party(self._directory, party):
+            case Mailbox() as mailbox if mailbox.published:
                 name = mailbox.display_name
-        elif kind == "practitioner":
-            practitioner = await self._directory.practitioner(party)
-            if practitioner is not None:
+            case Practitioner() as practitioner:
                 name = _person(practitioner)
-        else:
-            organisation = await self._directory.organisation(party)
-            if organisation is not None:
+            case Organisation() as organisation:
                 name = organisation.name
         return PartyView(party, kind, name)
 
@@ -577,11 +570,7 @@ class SelfService:
                 cid=cid,
                 peer=peer,
                 protocol=PROTOCOL,
-                actor=record.actor,
-                patient=record.ins,
-                action=record.action.value,
-                sequence=record.sequence,
-                **record.details,
+                **consent_fields(record),
             )
         return Changed(record)
 
@@ -604,18 +593,16 @@ class SelfService:
         """
         canonical = _party(party)
         kind = party_kind(canonical)
-        try:
-            if kind == "practitioner":
-                found: object = await self._directory.practitioner(canonical)
-            elif kind == "organisation":
-                found = await self._directory.organisation(canonical)
-            else:
-                found = True
-        except DirectoryError as exc:
-            raise UnavailableError(
-                "annuaire momentanément indisponible : rien n'a changé, réessayez"
-            ) from exc
-        if found is None:
+        if kind == "mailbox":
+            found = True  # never tell whether an unlisted address exists
+        else:
+            try:
+                found = await find_party(self._directory, canonical) is not None
+            except DirectoryError as exc:
+                raise UnavailableError(
+                    "annuaire momentanément indisponible : rien n'a changé, réessayez"
+                ) from exc
+        if not found:
             what = "professionnel" if kind == "practitioner" else "structure"
             raise FieldError(
                 "party",
