@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from typing import TYPE_CHECKING
 
 import pytest
 
-from cli.main import EXIT_OK, EXIT_REFUSED, main
+from cli.main import EXIT_OK, EXIT_REFUSED
 from relay.accounts import AccountStore
 from relay.audit import records
 from relay.config import load
+from tests.cli.support import run
 from tests.relay.test_auth_issuer import CLAIM, LocalIssuer, issuer
 
 if TYPE_CHECKING:
@@ -54,12 +54,6 @@ def config(tmp_path: Path, issuer: LocalIssuer) -> Path:
         == EXIT_OK
     )
     return path
-
-
-def run(config: Path, *argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    status = main(["--config", str(config), *argv], out=out)
-    return status, out.getvalue()
 
 
 def test_app_password_is_printed_once_listed_and_revoked(config: Path) -> None:

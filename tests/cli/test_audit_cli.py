@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import io
 import json
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
 
-from cli.main import EXIT_INVALID, EXIT_OK, main
+from cli.main import EXIT_INVALID, EXIT_OK
 from relay import audit
 from relay.app import STORE_DIR_NAME, load_master_key
 from relay.audit import AuditEvent, AuditTrail
 from relay.audit_report import REQUESTS_DIR
 from relay.config import load
 from relay.store import MailStore
+from tests.cli.support import run
 from tests.directory import samples
 
 if TYPE_CHECKING:
@@ -35,12 +35,6 @@ def config(tmp_path: Path) -> Path:
         encoding="utf-8",
     )
     return path
-
-
-def run(config: Path, *argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    status = main(["--config", str(config), *argv], out=out)
-    return status, out.getvalue()
 
 
 def trail_of(config: Path) -> AuditTrail:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -15,7 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from cli.main import EXIT_INVALID, EXIT_OK, EXIT_REFUSED, main
+from cli.main import EXIT_INVALID, EXIT_OK, EXIT_REFUSED
+from tests.cli.support import run
 from tests.directory import samples
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -28,12 +28,6 @@ def config(tmp_path: Path) -> Path:
         '[relay]\ndata_dir = "data"\ndomain = "mssante.example"\n', encoding="utf-8"
     )
     return path
-
-
-def run(config: Path, *argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    status = main(["--config", str(config), *argv], out=out)
-    return status, out.getvalue()
 
 
 def run_json(config: Path, *argv: str) -> object:

@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING
 import pytest
 
 from cli.enrolment import enrol
-from cli.main import EXIT_INVALID, EXIT_OK, EXIT_REFUSED, Context, build_parser, main
+from cli.main import EXIT_INVALID, EXIT_OK, EXIT_REFUSED, Context, build_parser
 from directory.config import open_directory
 from directory.model import ProxyGrant, ProxyScope
 from relay.accounts import AccountStore, CodePurpose, CodeResult
 from relay.app import run_relay
 from relay.audit import records
 from relay.config import load
+from tests.cli.support import run
 from tests.relay.test_enrolment import NEW_PASSWORD, RecordingNotifier
 from tests.support.relay_fixtures import (
     LOCAL_DOMAINS,
@@ -85,12 +86,6 @@ async def _seed(cfg: Config, files: TlsFiles) -> None:
         )
     finally:
         await directory.close()
-
-
-def run(config: Path, *argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    status = main(["--config", str(config), *argv], out=out)
-    return status, out.getvalue()
 
 
 @pytest.fixture

@@ -7,19 +7,19 @@ from __future__ import annotations
 import email
 import email.message
 import email.policy
-import io
 import json
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from cli.main import EXIT_INVALID, EXIT_OK, EXIT_REFUSED, main
+from cli.main import EXIT_INVALID, EXIT_OK, EXIT_REFUSED
 from relay.accounts import AccountKind, AccountStore
 from relay.app import STORE_DIR_NAME, load_master_key
 from relay.audit import AUDIT_FILE_NAME, records
 from relay.config import load
 from relay.store import MailStore
+from tests.cli.support import run
 from tests.directory import samples
 
 if TYPE_CHECKING:
@@ -54,12 +54,6 @@ def config(tmp_path: Path) -> Path:
     finally:
         accounts.close()
     return path
-
-
-def run(config: Path, *argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    status = main(["--config", str(config), *argv], out=out)
-    return status, out.getvalue()
 
 
 def run_json(config: Path, *argv: str) -> Any:  # noqa: ANN401 - JSON

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import signal
 import smtplib
@@ -12,9 +11,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from cli.main import EXIT_INVALID, EXIT_OK, EXIT_REFUSED, main
+from cli.main import EXIT_INVALID, EXIT_OK, EXIT_REFUSED
 from relay.accounts import AccountStore
 from relay.config import load
+from tests.cli.support import run
 from tests.directory import samples
 from tests.support import serve
 
@@ -35,12 +35,6 @@ def config(tmp_path: Path) -> Path:
         encoding="utf-8",
     )
     return path
-
-
-def run(config: Path, *argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    status = main(["--config", str(config), *argv], out=out)
-    return status, out.getvalue()
 
 
 def password_file(tmp_path: Path, secret: str = PASSWORD) -> str:

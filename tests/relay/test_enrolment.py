@@ -129,16 +129,7 @@ class Web:
         return _fetch(urllib.request.Request(f"https://127.0.0.1:{port}{path}"), self.h)
 
     def imap_login(self, login: str, password: str) -> bool:
-        host, port = self.h.address("imaps")
-        with imaplib.IMAP4_SSL(
-            host, port, ssl_context=self.h.client_context(), timeout=10
-        ) as client:
-            try:
-                client.login(login, password)
-            except imaplib.IMAP4.error:
-                return False
-            client.logout()
-            return True
+        return self.h.imap_login(login, password)
 
     def audit_text(self) -> str:
         return self.h.running.audit.path.read_text(encoding="utf-8")

@@ -170,16 +170,7 @@ class Site:
             return status, count
 
     def imap_login(self, login: str, password: str) -> bool:
-        host, port = self.h.address("imaps")
-        with imaplib.IMAP4_SSL(
-            host, port, ssl_context=self.h.client_context(), timeout=10
-        ) as client:
-            try:
-                client.login(login, password)
-            except imaplib.IMAP4.error:
-                return False
-            client.logout()
-            return True
+        return self.h.imap_login(login, password)
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.h.audit_events() if e["event"] == name]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import imaplib
 import smtplib
 import ssl
 from dataclasses import dataclass, field
@@ -143,6 +144,19 @@ class Harness:
         if login is not None:
             client.login(login, PASSWORD)
         return client
+
+    def imap_login(self, login: str, password: str) -> bool:
+        """Whether ``login`` / ``password`` opens an IMAP session (implicit TLS)."""
+        host, port = self.address("imaps")
+        with imaplib.IMAP4_SSL(
+            host, port, ssl_context=self.client_context(), timeout=10
+        ) as client:
+            try:
+                client.login(login, password)
+            except imaplib.IMAP4.error:
+                return False
+            client.logout()
+            return True
 
     def mx(self, cert: Path | None = None, key: Path | None = None) -> smtplib.SMTP:
         host, port = self.address("mx")
