@@ -643,6 +643,9 @@ class MonthlyReports:
         self._data_dir = data_dir
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
+        # The last month whose reports all went out (by this process): the
+        # store is not asked again about it every check_interval.
+        self._done: Month | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="audit-reports")
@@ -667,26 +670,15 @@ class MonthlyReports:
             return sent
         now = self._clock()
         month = due_month(now, self._settings)
-        if month is None:
+        if month is None or month == self._done:
             return sent
         ctx = self._ctx
         start = await asyncio.to_thread(trail_start, ctx.audit.path, ctx.zone)
         if start is None or month < start:
             return sent
-        suffix = "@" + ctx.patient_domain.lower()
-        addresses = [
-            a
-            for a in await asyncio.to_thread(ctx.store.mailboxes)
-            if a.lower().endswith(suffix)
-        ]
-        todo = [
-            a
-            for a in addresses
-            if not await asyncio.to_thread(
-                ctx.store.has_delivered, delivery_key(a, month)
-            )
-        ]
+        todo = await asyncio.to_thread(self._waiting, month)
         if not todo:
+            self._done = month
             return sent
         # One pass over the trail for every patient still waiting.
         found = await asyncio.to_thread(
@@ -704,6 +696,18 @@ class MonthlyReports:
             ):
                 sent += 1
         return sent
+
+    def _waiting(self, month: Month) -> list[str]:
+        """The patient mailboxes that have no report for ``month`` yet
+        (blocking: the store's index)."""
+        store = self._ctx.store
+        suffix = "@" + self._ctx.patient_domain.lower()
+        return [
+            a
+            for a in store.mailboxes()
+            if a.lower().endswith(suffix)
+            and not store.has_delivered(delivery_key(a, month))
+        ]
 
     async def _requests(self) -> int:
         sent = 0
