@@ -4,8 +4,11 @@ Storage layout (``root`` is the data directory the caller gives)::
 
     root/.lock                    flock: one process has the store open
     root/index.sqlite3            the index (WAL, synchronous=FULL)
-    root/messages/<n>/<hex id>    one encrypted file per stored message,
-                                  <n> the mailbox's number, never its address
+    root/segments/<16 hex>        the encrypted messages, appended in batches
+                                  (:mod:`relay.store._segments`)
+    root/messages/<n>/<hex id>    one encrypted file per message, as stores
+                                  made before segments wrote them (read,
+                                  never written); <n> the mailbox's number
 
 Index tables:
 
@@ -13,9 +16,10 @@ Index tables:
   under the master key, the data key wrapped under the master key;
 - ``folders``: name (chosen by the user, plain), SPECIAL-USE role,
   UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, subscription;
-- ``blobs``: one per message file: mailbox, size, the parsed structure
-  (envelope, BODYSTRUCTURE, top-level header) sealed under the data key, and
-  how many messages refer to it (COPY shares a file);
+- ``blobs``: one per stored message body: mailbox, size, where its record
+  is (segment and offset; none for a file of an older store), the parsed
+  structure (envelope, BODYSTRUCTURE, top-level header) sealed under the data
+  key, and how many messages refer to it (COPY shares a record);
 - ``messages``: (folder, UID) -> blob, flags, internal date, size, MODSEQ,
   \\Recent;
 - ``deliveries``: HMAC of each delivery key -> where it landed (the spool
@@ -25,19 +29,18 @@ Index tables:
 
 What must stay true:
 
-- The store is the only code that reads or writes message files and the index.
-- Encrypted at rest: message files and structures are AES-256-GCM under the
+- The store is the only code that reads or writes message records and the index.
+- Encrypted at rest: message records and structures are AES-256-GCM under the
   mailbox's data key with associated data naming the mailbox number and the
-  file id, so a file moved to another mailbox or swapped with another fails to
-  decrypt. Addresses and delivery keys are stored only as HMACs (plus the
+  blob id, so a record moved to another mailbox or swapped with another fails
+  to decrypt. Addresses and delivery keys are stored only as HMACs (plus the
   sealed address). Plain: numbers, flags, sizes, dates, folder names.
-- Never an index row without its file: a file is written to a temporary name,
-  fsynced, renamed and its directory fsynced before the row that names it is
-  committed (:meth:`MailStore.deliver_batch` writes under the final names,
-  syncs every file and then each directory once, and commits all the rows
-  after that). Removing goes the other way (commit, then unlink). A crash leaves
-  at most orphan files, which :meth:`MailStore.open` removes after an unclean
-  shutdown.
+- Never an index row without its record: a batch appends its records to a
+  segment it alone holds and syncs it once, and only then commits the rows
+  that name them (:meth:`MailStore.deliver_batch`). Removing goes the other
+  way: commit, then free the record (its range is deallocated, so the
+  ciphertext leaves the disk). A crash leaves at most records no row names;
+  :meth:`MailStore.open` cuts and frees them after an unclean shutdown.
 - RFC 3501 §2.3.1.1: UIDs in a folder strictly ascend and are never reused
   (UIDNEXT only grows); a folder created, even under a deleted folder's name,
   gets a UIDVALIDITY never used before in this store.
@@ -52,7 +55,6 @@ What must stay true:
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import fcntl
 import hmac
@@ -64,7 +66,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from relay.store._errors import (
     CorruptMessageError,
@@ -90,6 +92,7 @@ from relay.store._models import (
     MessageInfo,
     SpecialUse,
 )
+from relay.store._segments import RECORD_OVERHEAD, SEGMENTS_DIR, Reader, Segments
 from relay.store._structure import ParsedStructure, parse_structure
 
 if TYPE_CHECKING:
@@ -120,17 +123,10 @@ DEFAULT_FOLDERS: Final = (
 )
 # Message file: magic and format version, then nonce || ciphertext || tag.
 _MAGIC: Final = b"MSSTORE1"
-_TMP_PREFIX: Final = ".tmp-"
-_T = TypeVar("_T")
 _BLOB_ID_SIZE: Final = 16
 # RFC 3501 §9: nz-number and uniqueid are 32-bit unsigned.
 _MAX_UID: Final = 2**32 - 1
 _MAX_FOLDER_NAME: Final = 255
-# Syncs of one delivery batch run this many at a time: the disk takes
-# concurrent cache flushes together (measured here: 40 new 7 KB files synced
-# in about half the time of one after another). Each still returns only
-# when its own file or directory is durable.
-SYNC_THREADS: Final = 8
 
 # System flags as bits in messages.flags; RFC 3501 §2.3.2.
 _FLAG_BITS: Final = {
@@ -172,7 +168,9 @@ CREATE TABLE IF NOT EXISTS blobs (
     mailbox_id INTEGER NOT NULL,
     size INTEGER NOT NULL,
     structure BLOB NOT NULL,
-    refs INTEGER NOT NULL
+    refs INTEGER NOT NULL,
+    segment INTEGER,
+    seg_offset INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS messages (
     folder_id INTEGER NOT NULL,
@@ -201,6 +199,8 @@ _MSG_COLS: Final = (
     "uid, flags, keywords, internal_date, tz_offset, size, modseq, recent"
 )
 _MsgRow = tuple[int, int, str, int, int, int, int, int]
+# Where a record is: (segment, offset, length).
+_Loc = tuple[int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +209,32 @@ class _Mailbox:
     address: str
     key: DataKey
     directory: Path
+
+
+class _BlobRow(NamedTuple):
+    """A message's blob as the index has it; ``segment`` None: a file of an
+    older store."""
+
+    uid: int
+    blob_id: bytes
+    value: bytes | None
+    size: int
+    segment: int | None
+    offset: int
+
+    @classmethod
+    def of(
+        cls, row: tuple[int, bytes, bytes | None, int, int | None, int | None]
+    ) -> _BlobRow:
+        uid, blob_id, value, size, segment, offset = row
+        return cls(
+            uid,
+            bytes(blob_id),
+            None if value is None else bytes(value),
+            size,
+            segment,
+            offset or 0,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +275,11 @@ class _Job:
 @dataclass(slots=True)
 class _Tx:
     changes: list[Change] = field(default_factory=list)
+    # After the commit: files of an older store to remove, segment records
+    # (segment, offset, length) to free, segments left without a record.
     unlink: list[Path] = field(default_factory=list)
+    free: list[_Loc] = field(default_factory=list)
+    drop: set[int] = field(default_factory=set)
 
 
 def canonical_address(address: str) -> str:
@@ -403,9 +433,7 @@ class MailStore:
         self._mailboxes: dict[str, _Mailbox] = {}
         self._subscribers: dict[int, tuple[Callable[[Change], None], str | None]] = {}
         self._next_subscriber = 0
-        # The syncs of a batch run together (deliver_batch); made when needed.
-        self._syncer: concurrent.futures.ThreadPoolExecutor | None = None
-        self._syncer_lock = threading.Lock()
+        self._segments = Segments(root / SEGMENTS_DIR)
 
     # --- life cycle ---------------------------------------------------------
 
@@ -458,6 +486,14 @@ class MailStore:
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
         db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(blobs)")}
+        if "segment" not in columns:  # a store made before segments
+            db.execute("ALTER TABLE blobs ADD COLUMN segment INTEGER")
+            db.execute("ALTER TABLE blobs ADD COLUMN seg_offset INTEGER")
+        db.execute(
+            "CREATE INDEX IF NOT EXISTS blobs_by_segment ON blobs (segment)"
+            " WHERE segment IS NOT NULL"
+        )
         return db
 
     def _start(self) -> None:
@@ -484,6 +520,7 @@ class MailStore:
             )
         if rows.get("clean") != 1:
             self._remove_orphans()
+        self._remove_empty_segments()
         db.execute("UPDATE meta SET value = 0 WHERE name = 'clean'")
         if self._sanity:
             self._check_invariants(files=True)
@@ -496,12 +533,9 @@ class MailStore:
             self._db.execute("UPDATE meta SET value = 1 WHERE name = 'clean'")
             self._db.close()
             self._db = None
+            self._segments.close()
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
-        with self._syncer_lock:
-            if self._syncer is not None:
-                self._syncer.shutdown(wait=True)
-                self._syncer = None
 
     def __enter__(self) -> MailStore:
         return self
@@ -515,8 +549,18 @@ class MailStore:
         return self._db
 
     def _remove_orphans(self) -> None:
-        """Delete files no index row names (crash between write and commit)."""
+        """After a crash: cut and free segment records no index row names (a
+        batch that never committed, a deletion committed but not freed), and
+        delete files no row names (older stores)."""
         db = self._conn()
+        live: dict[int, list[tuple[int, int]]] = {}
+        for segment, offset, size in db.execute(
+            "SELECT segment, seg_offset, size FROM blobs WHERE segment IS NOT NULL"
+        ):
+            live.setdefault(segment, []).append((offset, size + RECORD_OVERHEAD))
+        for segment in self._segments.on_disk():
+            if segment in live:
+                self._segments.repair(segment, live[segment])
         known: dict[int, set[str]] = {}
         for mailbox_id, blob_id in db.execute("SELECT mailbox_id, id FROM blobs"):
             known.setdefault(mailbox_id, set()).add(bytes(blob_id).hex())
@@ -528,6 +572,27 @@ class MailStore:
             for path in directory.iterdir():
                 if path.name not in names:
                     path.unlink(missing_ok=True)
+
+    def _remove_empty_segments(self) -> None:
+        """Remove the segment files no index row names (every record freed)."""
+        named = {
+            row[0]
+            for row in self._conn().execute(
+                "SELECT DISTINCT segment FROM blobs WHERE segment IS NOT NULL"
+            )
+        }
+        for segment in self._segments.on_disk():
+            if segment not in named:
+                self._segments.remove(segment)
+
+    def _after_commit(self, tx: _Tx) -> None:
+        """Free what a committed transaction let go (the store lock is held)."""
+        for path in tx.unlink:
+            path.unlink(missing_ok=True)
+        if tx.free:
+            self._segments.free(tx.free)
+        for segment in tx.drop:
+            self._segments.remove(segment)
 
     # --- transactions and notifications --------------------------------------
 
@@ -543,8 +608,7 @@ class MailStore:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
-            for path in tx.unlink:
-                path.unlink(missing_ok=True)
+            self._after_commit(tx)
             if self._sanity:
                 self._check_invariants(files=False)
             self._notify(tx.changes)
@@ -1011,7 +1075,9 @@ class MailStore:
         structure = mailbox.key.seal(
             parse_structure(message).to_json(), _aad(b"structure", mailbox.id, blob_id)
         )
-        path = self._write_file(mailbox, blob_id, message)
+        record = mailbox.key.seal(message, _aad(b"message", mailbox.id, blob_id))
+        active = self._segments.acquire()
+        start = active.size
         job = _Job(
             self._insert(
                 mailbox,
@@ -1021,14 +1087,15 @@ class MailStore:
                 structure,
                 (bits, _keyword_text(keywords), ts, tz),
                 tag,
-                path,
+                (active.id, start, len(record)),
             )
         )
         try:
+            self._segments.append(active, [record])
+            self._segments.sync(active)
             return self._commit_grouped(job)
         finally:
-            if not job.committed:
-                path.unlink(missing_ok=True)
+            self._segments.release(active, rewind_to=None if job.committed else start)
 
     def _insert(
         self,
@@ -1039,10 +1106,11 @@ class MailStore:
         structure: bytes,
         row: tuple[int, str, int, int],
         tag: bytes | None,
-        path: Path,
+        loc: _Loc,
     ) -> Callable[[sqlite3.Connection, _Tx], Delivered]:
-        """The index insert of a new message whose file is durable at ``path``;
-        ``row`` is (flag bits, keyword text, internal date, zone offset)."""
+        """The index insert of a new message whose record is durable at
+        ``loc``; ``row`` is (flag bits, keyword text, internal date, zone
+        offset)."""
         bits, kw, ts, tz = row
 
         def insert(db: sqlite3.Connection, tx: _Tx) -> Delivered:
@@ -1050,13 +1118,14 @@ class MailStore:
                 prior = self._prior_delivery(db, mailbox, tag)
                 if prior is not None:
                     # A concurrent delivery with the same key won the race.
-                    tx.unlink.append(path)
+                    tx.free.append(loc)
                     return prior
             target = self._folder(db, mailbox, folder)
             uid, modseq = self._next_uid(db, target)
             db.execute(
-                "INSERT INTO blobs VALUES (?, ?, ?, ?, 1)",
-                (blob_id, mailbox.id, size, structure),
+                "INSERT INTO blobs (id, mailbox_id, size, structure, refs, segment,"
+                " seg_offset) VALUES (?, ?, ?, ?, 1, ?, ?)",
+                (blob_id, mailbox.id, size, structure, loc[0], loc[1]),
             )
             db.execute(
                 f"INSERT INTO messages (folder_id, blob_id, {_MSG_COLS})"  # noqa: S608
@@ -1091,30 +1160,31 @@ class MailStore:
         self, deliveries: Sequence[NewDelivery], *, fresh: bool = False
     ) -> list[Delivered | StoreError]:
         """Store several messages, each exactly once per delivery key, with one
-        sync round and one index commit for all of them.
+        append, one sync and one index commit for all of them.
 
-        The files are written, then each is ``fdatasync``ed, then each
-        directory they are in is ``fsync``ed once, and only then are their
-        rows committed, in one transaction: never a row without its durable
-        file. Durable on return, like :meth:`deliver`. Returns one result per
-        delivery, in order: a :class:`Delivered` (``duplicate=True`` for a key
-        seen before, also within the batch), or the :class:`StoreError` that
-        refused that one (unknown mailbox or folder, bad flag); the others are
-        stored all the same.
+        The records are appended to one segment, the segment is synced once,
+        and only then are their rows committed, in one transaction: never a
+        row without its durable record. Durable on return, like
+        :meth:`deliver`. Returns one result per delivery, in order: a
+        :class:`Delivered` (``duplicate=True`` for a key seen before, also
+        within the batch), or the :class:`StoreError` that refused that one
+        (unknown mailbox or folder, bad flag); the others are stored all the
+        same.
 
         ``fresh``: the delivery keys were made just now (a message stored
         before its ``250``, never spooled): no early look for a prior
         delivery, which waits for the index lock behind another batch's
         commit. Always safe: the commit itself still checks every key (a
-        duplicate then only costs its file, removed at once).
+        duplicate then only costs its record, freed at once).
 
         Raises:
             OSError, sqlite3.Error: a host fault; nothing of the batch is stored.
         """
         results: list[Delivered | StoreError | None] = [None] * len(deliveries)
-        jobs: list[tuple[int, _Job, Path]] = []
-        fds: list[int] = []
-        directories: dict[Path, None] = {}
+        jobs: list[tuple[int, _Job, _Loc]] = []
+        records: list[bytes] = []
+        active = self._segments.acquire()
+        begin = at = active.size
         try:
             for n, d in enumerate(deliveries):
                 if not isinstance(d.message, bytes):
@@ -1145,28 +1215,30 @@ class MailStore:
                 structure = mailbox.key.seal(
                     parsed.to_json(), _aad(b"structure", mailbox.id, blob_id)
                 )
-                row = (bits, _keyword_text(keywords), ts, tz)
-                path, fd = self._write_unsynced(mailbox, blob_id, d.message)
-                fds.append(fd)
-                insert = self._insert(
-                    mailbox, folder, blob_id, len(d.message), structure, row, tag, path
+                record = mailbox.key.seal(
+                    d.message, _aad(b"message", mailbox.id, blob_id)
                 )
-                jobs.append((n, _Job(insert), path))
-                directories[mailbox.directory] = None
-            # One sync round: the files' data, then each directory once (the
-            # entries were created before the first sync, so most of the
-            # directory syncs find their journal already committed). Each
-            # step is done, every sync returned, before the next starts.
-            self._sync_all(os.fdatasync, fds)
-            self._sync_all(_fsync_dir, list(directories))
+                loc = (active.id, at, len(record))
+                at += len(record)
+                records.append(record)
+                row = (bits, _keyword_text(keywords), ts, tz)
+                insert = self._insert(
+                    mailbox, folder, blob_id, len(d.message), structure, row, tag, loc
+                )
+                jobs.append((n, _Job(insert), loc))
             if jobs:
+                self._segments.append(active, records)
+                self._segments.sync(active)
                 self._commit_jobs([job for _, job, _ in jobs])
         finally:
-            for fd in fds:
-                os.close(fd)
-            for _, job, path in jobs:
-                if not job.committed:
-                    path.unlink(missing_ok=True)
+            lost = [loc for _, job, loc in jobs if not job.committed]
+            if lost and len(lost) == len(jobs):
+                self._segments.release(active, rewind_to=begin)
+            else:
+                try:
+                    self._segments.free(lost)
+                finally:
+                    self._segments.release(active)
         for n, job, _ in jobs:
             results[n] = job.error if job.error is not None else job.result
         out: list[Delivered | StoreError] = []
@@ -1175,47 +1247,6 @@ class MailStore:
                 raise StoreError("delivery lost its result")
             out.append(result)
         return out
-
-    def _sync_all(self, sync: Callable[[_T], None], targets: list[_T]) -> None:
-        """``sync`` every target, up to :data:`SYNC_THREADS` at a time; returns
-        once all have returned, raises the first failure (after all ended)."""
-        if len(targets) <= 1:
-            for target in targets:
-                sync(target)
-            return
-        with self._syncer_lock:
-            if self._syncer is None:
-                self._syncer = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=SYNC_THREADS, thread_name_prefix="store-sync"
-                )
-            syncer = self._syncer
-        futures = [syncer.submit(sync, target) for target in targets]
-        concurrent.futures.wait(futures)
-        for future in futures:
-            future.result()
-
-    def _write_unsynced(
-        self, mailbox: _Mailbox, blob_id: bytes, message: bytes
-    ) -> tuple[Path, int]:
-        """Encrypt and write a message file under its final name, not synced;
-        returns its path and the open descriptor (the caller syncs and closes).
-
-        No temporary name: until its row is committed the file is an orphan,
-        which :meth:`open` removes after a crash (rows are only committed
-        once the file is synced).
-        """
-        sealed = mailbox.key.seal(message, _aad(b"message", mailbox.id, blob_id))
-        path = mailbox.directory / blob_id.hex()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(_MAGIC + sealed)
-            while view:
-                view = view[os.write(fd, view) :]
-        except BaseException:
-            os.close(fd)
-            path.unlink(missing_ok=True)
-            raise
-        return path, fd
 
     def _commit_grouped(self, job: _Job) -> Delivered:
         """Commit ``job`` together with every insert queued meanwhile.
@@ -1269,8 +1300,7 @@ class MailStore:
         for j in batch:
             j.done = True
             j.committed = j.error is None
-        for path in tx.unlink:
-            path.unlink(missing_ok=True)
+        self._after_commit(tx)
         if self._sanity:
             self._check_invariants(files=False)
         self._notify(tx.changes)
@@ -1297,32 +1327,6 @@ class MailStore:
             (folder_id,),
         ).fetchone()
         return int(modseq)
-
-    def _write_file(self, mailbox: _Mailbox, blob_id: bytes, message: bytes) -> Path:
-        """Encrypt and write a message file durably; returns its path."""
-        sealed = mailbox.key.seal(message, _aad(b"message", mailbox.id, blob_id))
-        name = blob_id.hex()
-        tmp = mailbox.directory / (_TMP_PREFIX + name)
-        final = mailbox.directory / name
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                view = memoryview(_MAGIC + sealed)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-            tmp.rename(final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        try:
-            _fsync_dir(mailbox.directory)
-        except BaseException:
-            final.unlink(missing_ok=True)
-            raise
-        return final
 
     # --- reading --------------------------------------------------------------
 
@@ -1359,43 +1363,75 @@ class MailStore:
     def _blob_of(
         self, mailbox: _Mailbox, folder: str | SpecialUse, uid: int, column: str
     ) -> tuple[bytes, bytes | None]:
+        row = self._blob_row(mailbox, folder, uid, column)
+        return row.blob_id, row.value
+
+    def _blob_row(
+        self, mailbox: _Mailbox, folder: str | SpecialUse, uid: int, column: str
+    ) -> _BlobRow:
         with self._lock:
             db = self._conn()
             target = self._folder(db, mailbox, folder)
             row = db.execute(
-                f"SELECT b.id, {column} FROM messages m JOIN blobs b ON b.id = m.blob_id"  # noqa: S608
+                f"SELECT m.uid, b.id, {column}, b.size, b.segment, b.seg_offset"  # noqa: S608
+                " FROM messages m JOIN blobs b ON b.id = m.blob_id"
                 " WHERE m.folder_id = ? AND m.uid = ?",
                 (target.id, uid),
             ).fetchone()
         if row is None:
             raise MessageNotFoundError(target.name, uid)
-        return bytes(row[0]), None if row[1] is None else bytes(row[1])
+        return _BlobRow.of(row)
+
+    def _open_record(self, mailbox: _Mailbox, row: _BlobRow, reader: Reader) -> bytes:
+        """Read and decrypt one message record (segment, or file of an older
+        store).
+
+        Raises:
+            FileNotFoundError: its segment or file is gone.
+            CorruptMessageError: truncated, tampered with, or not this
+                message's (another mailbox's, another message's).
+        """
+        what = f"message {mailbox.id}/{row.blob_id.hex()}"
+        expected = NONCE_SIZE + row.size + TAG_SIZE
+        if row.segment is None:
+            data = _read_file(
+                os.path.join(mailbox.directory, row.blob_id.hex()),  # noqa: PTH118 - hot path
+                len(_MAGIC) + expected,
+            )
+            if not data.startswith(_MAGIC):
+                raise CorruptMessageError(what, "not a store message file")
+            sealed = memoryview(data)[len(_MAGIC) :]
+        else:
+            sealed = memoryview(reader.read(row.segment, row.offset, expected))
+        if len(sealed) < expected:
+            raise CorruptMessageError(what, "truncated")
+        if len(sealed) > expected:
+            raise CorruptMessageError(what, "not a store message file of its size")
+        return mailbox.key.unseal(
+            sealed, _aad(b"message", mailbox.id, row.blob_id), what
+        )
 
     def fetch(self, address: str, folder: str | SpecialUse, uid: int) -> bytes:
         """The message, decrypted and authenticated, in memory only.
 
         Raises:
             MessageNotFoundError: no such UID in the folder.
-            CorruptMessageError: the file is missing, truncated, tampered with,
-                or belongs to another message or mailbox.
+            CorruptMessageError: the record is missing, truncated, tampered
+                with, or belongs to another message or mailbox.
         """
         mailbox = self._mailbox(address)
-        blob_id, _ = self._blob_of(mailbox, folder, uid, "NULL")
-        path = mailbox.directory / blob_id.hex()
-        what = f"message {mailbox.id}/{blob_id.hex()}"
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError as exc:
-            # Expunged between the index read and the file read?
-            self._blob_of(mailbox, folder, uid, "NULL")
-            raise CorruptMessageError(what, "message file missing") from exc
-        if not data.startswith(_MAGIC):
-            raise CorruptMessageError(what, "not a store message file")
-        return mailbox.key.unseal(
-            memoryview(data)[len(_MAGIC) :],
-            _aad(b"message", mailbox.id, blob_id),
-            what,
-        )
+        row = self._blob_row(mailbox, folder, uid, "NULL")
+        with self._segments.reader() as reader:
+            try:
+                return self._open_record(mailbox, row, reader)
+            except (FileNotFoundError, CorruptMessageError) as exc:
+                # Expunged between the index read and the record read (commit,
+                # then free)? Else the record is lost or damaged: say so.
+                self._blob_row(mailbox, folder, uid, "NULL")
+                if isinstance(exc, FileNotFoundError):
+                    what = f"message {mailbox.id}/{row.blob_id.hex()}"
+                    raise CorruptMessageError(what, "message file missing") from exc
+                raise
 
     def structure(
         self, address: str, folder: str | SpecialUse, uid: int
@@ -1422,32 +1458,24 @@ class MailStore:
         uids: list[int],
         *,
         structure: bool,
-    ) -> list[tuple[int, bytes, bytes | None, int]]:
-        """(UID, blob id, sealed structure or None, size) of the ``uids`` present.
-
-        One query; the blobs table is read only when ``structure`` is asked.
-        """
+    ) -> list[_BlobRow]:
+        """The blob rows of the ``uids`` present (with the sealed structure
+        when ``structure`` is asked), in one query."""
         if not uids:
             return []
         lo, hi = uids[0], uids[-1]
         wanted = set(uids)
+        column = "b.structure" if structure else "NULL"
         sql = (
-            "SELECT m.uid, b.id, b.structure, m.size FROM messages m"
-            " JOIN blobs b ON b.id = m.blob_id"
+            f"SELECT m.uid, b.id, {column}, b.size, b.segment, b.seg_offset"  # noqa: S608
+            " FROM messages m JOIN blobs b ON b.id = m.blob_id"
             " WHERE m.folder_id = ? AND m.uid BETWEEN ? AND ? ORDER BY m.uid"
-            if structure
-            else "SELECT uid, blob_id, NULL, size FROM messages"
-            " WHERE folder_id = ? AND uid BETWEEN ? AND ? ORDER BY uid"
         )
         with self._lock:
             db = self._conn()
             target = self._folder(db, mailbox, folder)
             rows = db.execute(sql, (target.id, lo, hi)).fetchall()
-        return [
-            (uid, bytes(blob_id), None if value is None else bytes(value), size)
-            for uid, blob_id, value, size in rows
-            if uid in wanted
-        ]
+        return [_BlobRow.of(row) for row in rows if row[0] in wanted]
 
     def fetch_many(
         self, address: str, folder: str | SpecialUse, uids: Iterable[int]
@@ -1461,34 +1489,24 @@ class MailStore:
                 missing while its index row is there.
         """
         mailbox = self._mailbox(address)
-        directory = os.fspath(mailbox.directory)
         out: dict[int, bytes] = {}
-        for uid, blob_id, _, size in self._blobs_of(
-            mailbox, folder, _uid_list(uids), structure=False
-        ):
-            name = blob_id.hex()
-            what = f"message {mailbox.id}/{name}"
-            try:
-                expected = len(_MAGIC) + NONCE_SIZE + size + TAG_SIZE
-                data = _read_file(
-                    os.path.join(directory, name),  # noqa: PTH118 - hot path
-                    expected,
-                )
-            except FileNotFoundError as exc:
-                # Expunged after the index read (commit, then unlink)? Else
-                # the file is lost: never skip that silently.
+        with self._segments.reader() as reader:
+            for row in self._blobs_of(
+                mailbox, folder, _uid_list(uids), structure=False
+            ):
                 try:
-                    self._blob_of(mailbox, folder, uid, "NULL")
-                except MessageNotFoundError:
-                    continue
-                raise CorruptMessageError(what, "message file missing") from exc
-            if len(data) != expected or not data.startswith(_MAGIC):
-                raise CorruptMessageError(what, "not a store message file of its size")
-            out[uid] = mailbox.key.unseal(
-                memoryview(data)[len(_MAGIC) :],
-                _aad(b"message", mailbox.id, blob_id),
-                what,
-            )
+                    out[row.uid] = self._open_record(mailbox, row, reader)
+                except (FileNotFoundError, CorruptMessageError) as exc:
+                    # Expunged after the index read (commit, then free)? Else
+                    # the record is lost or damaged: never skip that silently.
+                    try:
+                        self._blob_row(mailbox, folder, row.uid, "NULL")
+                    except MessageNotFoundError:
+                        continue
+                    if isinstance(exc, FileNotFoundError):
+                        what = f"message {mailbox.id}/{row.blob_id.hex()}"
+                        raise CorruptMessageError(what, "message file missing") from exc
+                    raise
         return out
 
     def headers(
@@ -1510,16 +1528,14 @@ class MailStore:
         self, address: str, folder: str | SpecialUse, uids: Iterable[int]
     ) -> Iterator[tuple[int, bytes]]:
         mailbox = self._mailbox(address)
-        for uid, blob_id, sealed, _ in self._blobs_of(
-            mailbox, folder, _uid_list(uids), structure=True
-        ):
-            what = f"structure {mailbox.id}/{blob_id.hex()}"
-            if sealed is None:
+        for row in self._blobs_of(mailbox, folder, _uid_list(uids), structure=True):
+            what = f"structure {mailbox.id}/{row.blob_id.hex()}"
+            if row.value is None:
                 raise CorruptMessageError(what, "no cached structure")
             yield (
-                uid,
+                row.uid,
                 mailbox.key.unseal(
-                    sealed, _aad(b"structure", mailbox.id, blob_id), what
+                    row.value, _aad(b"structure", mailbox.id, row.blob_id), what
                 ),
             )
 
@@ -1667,6 +1683,7 @@ class MailStore:
         if not uids:
             return
         modseq = self._bump_modseq(db, folder.id)
+        segments: set[int] = set()
         for uid in uids:
             (blob_id,) = db.execute(
                 "DELETE FROM messages WHERE folder_id = ? AND uid = ? RETURNING blob_id",
@@ -1677,8 +1694,23 @@ class MailStore:
                 (blob_id,),
             ).fetchone()
             if refs == 0:
-                db.execute("DELETE FROM blobs WHERE id = ?", (blob_id,))
-                tx.unlink.append(mailbox.directory / bytes(blob_id).hex())
+                segment, offset, size = db.execute(
+                    "DELETE FROM blobs WHERE id = ? RETURNING segment, seg_offset, size",
+                    (blob_id,),
+                ).fetchone()
+                if segment is None:
+                    tx.unlink.append(mailbox.directory / bytes(blob_id).hex())
+                else:
+                    tx.free.append((segment, offset, size + RECORD_OVERHEAD))
+                    segments.add(segment)
+        for segment in segments:
+            if (
+                db.execute(
+                    "SELECT 1 FROM blobs WHERE segment = ? LIMIT 1", (segment,)
+                ).fetchone()
+                is None
+            ):
+                tx.drop.add(segment)
         tx.changes.append(
             Change(
                 kind=ChangeKind.EXPUNGE,
@@ -1818,7 +1850,19 @@ class MailStore:
         if bad is not None:
             raise CorruptMessageError("index", f"message UID {bad[0]} has no blob row")
         if files:
-            for mailbox_id, blob_id in db.execute("SELECT mailbox_id, id FROM blobs"):
-                path = self._messages_dir / str(mailbox_id) / bytes(blob_id).hex()
-                if not path.is_file():
-                    raise CorruptMessageError(str(path), "indexed message file missing")
+            for mailbox_id, blob_id, size, segment, offset in db.execute(
+                "SELECT mailbox_id, id, size, segment, seg_offset FROM blobs"
+            ):
+                if segment is None:
+                    path = self._messages_dir / str(mailbox_id) / bytes(blob_id).hex()
+                    if not path.is_file():
+                        raise CorruptMessageError(
+                            str(path), "indexed message file missing"
+                        )
+                    continue
+                path = self._segments.path(segment)
+                end = offset + size + RECORD_OVERHEAD
+                if not path.is_file() or path.stat().st_size < end:
+                    raise CorruptMessageError(
+                        str(path), "indexed message record missing"
+                    )

@@ -1,6 +1,6 @@
 """Issue 10, retention and withdrawal: a patient deleting a message removes it
-from their mailbox (its encrypted file goes); the professional's copy and the
-audit trail stay."""
+from their mailbox (its encrypted record leaves the disk); the professional's
+copy and the audit trail stay."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from relay.app import STORE_DIR_NAME
 from tests.relay.imap.conftest import imaps
 from tests.relay.test_smtp import message
 from tests.support.relay_fixtures import DOCTOR, PATIENT, Harness, patient_address
+from tests.support.store_layout import Record, freed, records
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -17,9 +18,12 @@ if TYPE_CHECKING:
 PATIENT_ADDR = patient_address(PATIENT)
 
 
-def _files(h: Harness) -> set[Path]:
-    root = h.config.relay.data_dir / STORE_DIR_NAME / "messages"
-    return {p for p in root.rglob("*") if p.is_file()}
+def _root(h: Harness) -> Path:
+    return h.config.relay.data_dir / STORE_DIR_NAME
+
+
+def _records(h: Harness) -> list[Record]:
+    return records(_root(h))
 
 
 async def test_a_patient_deleting_a_message_keeps_the_professionals_copy(
@@ -34,7 +38,8 @@ async def test_a_patient_deleting_a_message_keeps_the_professionals_copy(
 
     await h.run(send)
     await h.delivered()
-    before = _files(h)
+    before = _records(h)
+    assert len(before) == 2  # the patient's INBOX copy, the doctor's Sent copy
 
     def delete() -> None:
         client = imaps(h, PATIENT_ADDR)
@@ -45,8 +50,11 @@ async def test_a_patient_deleting_a_message_keeps_the_professionals_copy(
 
     await h.run(delete)
     assert h.messages(PATIENT_ADDR) == []
-    gone = before - _files(h)
-    assert len(gone) == 1  # the patient's encrypted copy, and only it
+    [left] = _records(h)
+    [gone] = [r for r in before if r != left]
+    # The patient's encrypted copy, and only it, left the disk.
+    assert freed(_root(h), gone)
+    assert not freed(_root(h), left)
     [kept] = h.messages(DOCTOR.address, "Sent")
     assert b"<w1@medecin.mssante.fr>" in kept
     [deleted] = [r for r in h.audit_events() if r["event"] == "message.deleted"]

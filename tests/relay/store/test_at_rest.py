@@ -13,6 +13,7 @@ import pytest
 
 from relay.store import CorruptMessageError, FlagMode, MailStore
 from tests.relay.store.conftest import ALICE, BOB, WHEN, make_message
+from tests.support.store_layout import freed, records, segment_files
 
 if TYPE_CHECKING:
     from relay.store import MasterKey
@@ -20,10 +21,6 @@ if TYPE_CHECKING:
 MARKER = "ZQXJ7MARKERVK2"
 PATIENT = "279035121518989@patient.mssante.example"
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def message_files(root: Path) -> list[Path]:
-    return sorted(p for p in (root / "messages").rglob("*") if p.is_file())
 
 
 def test_stolen_data_directory_reveals_nothing(
@@ -68,19 +65,21 @@ def grep(root: Path, needles: list[str]) -> list[str]:
     ]
 
 
-def test_flipped_byte_in_message_file_is_detected(
+def test_flipped_byte_in_a_record_is_detected(
     store: MailStore, store_root: Path
 ) -> None:
     store.deliver(ALICE, make_message(), delivery_key="k", internal_date=WHEN)
-    [path] = message_files(store_root)
-    data = bytearray(path.read_bytes())
+    [record] = records(store_root)
+    data = bytearray(record.read(store_root))
     data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
+    record.write(store_root, bytes(data))
     with pytest.raises(CorruptMessageError, match="integrity"):
         store.fetch(ALICE, "INBOX", 1)
+    with pytest.raises(CorruptMessageError, match="integrity"):
+        store.fetch_many(ALICE, "INBOX", [1])
 
 
-def test_swapped_files_in_one_mailbox_fail_to_decrypt(
+def test_swapped_records_in_one_mailbox_fail_to_decrypt(
     store: MailStore, store_root: Path
 ) -> None:
     store.deliver(
@@ -89,16 +88,17 @@ def test_swapped_files_in_one_mailbox_fail_to_decrypt(
     store.deliver(
         ALICE, make_message(subject="b"), delivery_key="b", internal_date=WHEN
     )
-    first, second = message_files(store_root)
-    a, b = first.read_bytes(), second.read_bytes()
-    first.write_bytes(b)
-    second.write_bytes(a)
+    first, second = records(store_root)
+    assert first.length == second.length
+    a, b = first.read(store_root), second.read(store_root)
+    first.write(store_root, b)
+    second.write(store_root, a)
     for uid in (1, 2):
         with pytest.raises(CorruptMessageError):
             store.fetch(ALICE, "INBOX", uid)
 
 
-def test_file_moved_from_another_mailbox_fails_to_decrypt(
+def test_record_copied_from_another_mailbox_fails_to_decrypt(
     store: MailStore, store_root: Path
 ) -> None:
     store.ensure_mailbox(BOB)
@@ -106,27 +106,29 @@ def test_file_moved_from_another_mailbox_fails_to_decrypt(
         ALICE, make_message(subject="alice"), delivery_key="a", internal_date=WHEN
     )
     store.deliver(
-        BOB, make_message(subject="bob"), delivery_key="b", internal_date=WHEN
+        BOB, make_message(subject="bob!!"), delivery_key="b", internal_date=WHEN
     )
-    alice_dir, bob_dir = sorted(p for p in (store_root / "messages").iterdir())
-    [alice_file] = list(alice_dir.iterdir())
-    [bob_file] = list(bob_dir.iterdir())
-    bob_file.write_bytes(alice_file.read_bytes())
+    alice, bob = sorted(records(store_root), key=lambda r: r.mailbox_id)
+    assert alice.length == bob.length
+    bob.write(store_root, alice.read(store_root))
     with pytest.raises(CorruptMessageError):
         store.fetch(BOB, "INBOX", 1)
 
 
-def test_truncated_or_missing_file_is_an_error(
+def test_truncated_or_missing_segment_is_an_error(
     store: MailStore, store_root: Path
 ) -> None:
     store.deliver(ALICE, make_message(), delivery_key="a", internal_date=WHEN)
-    [path] = message_files(store_root)
-    path.write_bytes(path.read_bytes()[:20])
+    [record] = records(store_root)
+    with record.path(store_root).open("r+b") as f:
+        f.truncate(record.offset + 20)
     with pytest.raises(CorruptMessageError, match="truncated"):
         store.fetch(ALICE, "INBOX", 1)
-    path.unlink()
+    record.path(store_root).unlink()
     with pytest.raises(CorruptMessageError, match="missing"):
         store.fetch(ALICE, "INBOX", 1)
+    with pytest.raises(CorruptMessageError, match="missing"):
+        store.fetch_many(ALICE, "INBOX", [1])
 
 
 def test_tampered_or_swapped_structure_cache_is_detected(
@@ -153,33 +155,56 @@ def test_tampered_or_swapped_structure_cache_is_detected(
 
 def test_message_files_are_private(store: MailStore, store_root: Path) -> None:
     store.deliver(ALICE, make_message(), delivery_key="a", internal_date=WHEN)
-    [path] = message_files(store_root)
+    [path] = segment_files(store_root)
     assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
     assert store_root.stat().st_mode & 0o777 == 0o700
     assert (store_root / "index.sqlite3").stat().st_mode & 0o777 == 0o600
 
 
 CRASH = textwrap.dedent(
     """
-    import os, secrets, sys
+    import os, sys
     from pathlib import Path
-    from relay.store import MailStore, MasterKey
+    from relay.store import FlagMode, MailStore, MasterKey
+    from relay.store._segments import Active
     store = MailStore.open(Path(sys.argv[1]), MasterKey.load(Path(sys.argv[2])))
-    mailbox = store._mailbox(sys.argv[3])
-    # The file is written and fsynced; the process dies before the commit.
-    store._write_file(mailbox, secrets.token_bytes(16), b"Subject: lost\\r\\n\\r\\nx\\r\\n")
+    address = sys.argv[3]
+    # A deletion committed, its record not freed yet.
+    store._segments.free = lambda ranges: None
+    store.store_flags(address, "INBOX", [2], ["\\\\Deleted"], FlagMode.ADD)
+    assert store.expunge(address, "INBOX") == [2]
+    # Batches' records appended and synced, to the segment of the first
+    # session and to a new one; the process dies before their commits.
+    path = Path(sys.argv[4])
+    fd = os.open(path, os.O_RDWR)
+    old = Active(int(path.name, 16), fd, os.fstat(fd).st_size)
+    new = store._segments.acquire()
+    for active in (old, new):
+        store._segments.append(active, [b"never committed" * 100])
+        store._segments.sync(active)
+    # A file of an older store's layout, half written.
+    mailbox = store._mailbox(address)
     (mailbox.directory / ".tmp-0123").write_bytes(b"half written")
     os._exit(9)
     """
 )
 
 
-def test_crash_between_file_write_and_commit_leaves_an_orphan_that_open_removes(
+def test_crash_before_a_commit_or_after_a_deletion_is_repaired_at_open(
     store_root: Path, master_key: MasterKey, tmp_path: Path
 ) -> None:
+    kept = make_message(subject="kept")
     with MailStore.open(store_root, master_key, sanity_checks=True) as s:
         s.ensure_mailbox(ALICE)
-        s.deliver(ALICE, make_message(), delivery_key="kept", internal_date=WHEN)
+        s.deliver(ALICE, kept, delivery_key="kept", internal_date=WHEN)
+        s.deliver(
+            ALICE, make_message(subject="gone"), delivery_key="gone", internal_date=WHEN
+        )
+    kept_record, gone_record = records(store_root)
+    [segment] = segment_files(store_root)
+    end = gone_record.offset + gone_record.length
+    assert segment.stat().st_size == end
     proc = subprocess.run(
         [
             sys.executable,
@@ -188,65 +213,66 @@ def test_crash_between_file_write_and_commit_leaves_an_orphan_that_open_removes(
             str(store_root),
             str(tmp_path / "master.key"),
             ALICE,
+            str(segment),
         ],
         cwd=ROOT,
         capture_output=True,
         check=False,
     )
     assert proc.returncode == 9, proc.stderr.decode()
-    assert len(list((store_root / "messages").rglob("*"))) == 4  # dir + 3 files
+    assert segment.stat().st_size > end  # an uncommitted record
+    assert len(segment_files(store_root)) == 2
+    assert not freed(store_root, gone_record)
     with MailStore.open(store_root, master_key, sanity_checks=True) as s:
-        assert len(message_files(store_root)) == 1
+        assert records(store_root) == [kept_record]
+        assert segment_files(store_root) == [segment]
+        assert segment.stat().st_size == kept_record.offset + kept_record.length
+        assert freed(store_root, gone_record)
         assert [m.uid for m in s.messages(ALICE, "INBOX")] == [1]
-        assert s.fetch(ALICE, "INBOX", 1) == make_message()
-        assert (
-            s.deliver(
-                ALICE, make_message(), delivery_key="next", internal_date=WHEN
-            ).uid
-            == 2
-        )
+        assert s.fetch(ALICE, "INBOX", 1) == kept
+        assert [
+            p.name for p in (store_root / "messages").rglob("*") if p.is_file()
+        ] == []
 
 
-def test_sanity_checks_refuse_an_index_row_without_its_file(
-    store_root: Path, master_key: MasterKey
+def test_a_segment_whose_records_are_all_freed_is_removed(
+    store: MailStore, store_root: Path, master_key: MasterKey
 ) -> None:
-    with MailStore.open(store_root, master_key) as s:
-        s.ensure_mailbox(ALICE)
-        s.deliver(ALICE, make_message(), delivery_key="k", internal_date=WHEN)
-    message_files(store_root)[0].unlink()
-    with pytest.raises(CorruptMessageError, match="missing"):
-        MailStore.open(store_root, master_key, sanity_checks=True)
-
-
-def test_batch_reads_return_what_exists_and_detect_tampering(
-    store: MailStore, store_root: Path
-) -> None:
-    for k in range(3):
-        store.deliver(
-            ALICE,
-            make_message(subject=f"s{k}"),
-            delivery_key=f"k{k}",
-            internal_date=WHEN,
-        )
-    bodies = store.fetch_many(ALICE, "INBOX", [3, 1, 7])
-    assert sorted(bodies) == [1, 3]
-    assert bodies[3] == store.fetch(ALICE, "INBOX", 3)
-    structures = store.structures(ALICE, "INBOX", [2, 9])
-    assert list(structures) == [2]
-    assert structures[2] == store.structure(ALICE, "INBOX", 2)
-    assert store.headers(ALICE, "INBOX", [2, 9]) == {2: structures[2].header}
+    store.deliver(ALICE, make_message(), delivery_key="a", internal_date=WHEN)
+    [record] = records(store_root)
     store.store_flags(ALICE, "INBOX", [1], ["\\Deleted"], FlagMode.ADD)
     store.expunge(ALICE, "INBOX")
-    assert sorted(store.fetch_many(ALICE, "INBOX", [1, 2, 3])) == [2, 3]
-    path = message_files(store_root)[0]  # UID 2's or 3's: 1's file is gone
-    data = bytearray(path.read_bytes())
-    path.write_bytes(bytes(data) + b"x")
-    with pytest.raises(CorruptMessageError, match="size"):
-        store.fetch_many(ALICE, "INBOX", [2, 3])
-    data[-1] ^= 0x01
-    path.write_bytes(bytes(data))
-    with pytest.raises(CorruptMessageError, match="integrity"):
-        store.fetch_many(ALICE, "INBOX", [2, 3])
-    path.unlink()
-    with pytest.raises(CorruptMessageError, match="missing"):
-        store.fetch_many(ALICE, "INBOX", [2, 3])
+    # Freed at once; the file stays while it takes new records.
+    assert freed(store_root, record)
+    assert segment_files(store_root) == [record.path(store_root)]
+    store.close()
+    with MailStore.open(store_root, master_key, sanity_checks=True):
+        assert segment_files(store_root) == []
+
+
+def test_a_message_file_of_an_older_store_is_read_and_removed(
+    store_root: Path, master_key: MasterKey
+) -> None:
+    message = make_message(subject="older")
+    with MailStore.open(store_root, master_key) as s:
+        s.ensure_mailbox(ALICE)
+        s.deliver(ALICE, message, delivery_key="a", internal_date=WHEN)
+    # Turn the record into a file of the layout before segments: one
+    # MSSTORE1 file per message under messages/<mailbox number>/.
+    [record] = records(store_root)
+    legacy = store_root / "messages" / str(record.mailbox_id) / record.blob_id.hex()
+    legacy.parent.mkdir(mode=0o700, exist_ok=True)
+    legacy.write_bytes(b"MSSTORE1" + record.read(store_root))
+    db = sqlite3.connect(store_root / "index.sqlite3")
+    try:
+        db.execute("UPDATE blobs SET segment = NULL, seg_offset = NULL")
+        db.commit()
+    finally:
+        db.close()
+    with MailStore.open(store_root, master_key, sanity_checks=True) as s:
+        assert segment_files(store_root) == []  # no row names it any more
+        assert s.fetch(ALICE, "INBOX", 1) == message
+        assert s.fetch_many(ALICE, "INBOX", [1]) == {1: message}
+        s.store_flags(ALICE, "INBOX", [1], ["\\Deleted"], FlagMode.ADD)
+        s.expunge(ALICE, "INBOX")
+        assert not legacy.exists()

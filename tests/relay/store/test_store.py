@@ -24,6 +24,7 @@ from relay.store import (
     StoreLockedError,
 )
 from tests.relay.store.conftest import ALICE, BOB, WHEN, make_message
+from tests.support.store_layout import freed, records
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -287,15 +288,16 @@ def test_copy_keeps_flags_and_date_and_shares_the_file(
     assert copy.internal_date == WHEN
     assert copy.recent
     assert store.fetch(ALICE, "Archive", 1) == message
-    files = [p for p in (store_root / "messages").rglob("*") if p.is_file()]
-    assert len(files) == 1
-    # The file stays while one copy refers to it.
+    [record] = records(store_root)
+    # The record stays while one copy refers to it.
     store.store_flags(ALICE, "INBOX", [1], ["\\Deleted"], FlagMode.ADD)
     store.expunge(ALICE, "INBOX")
     assert store.fetch(ALICE, "Archive", 1) == message
+    assert not freed(store_root, record)
     store.store_flags(ALICE, "Archive", [1], ["\\Deleted"], FlagMode.ADD)
     store.expunge(ALICE, "Archive")
-    assert [p for p in (store_root / "messages").rglob("*") if p.is_file()] == []
+    assert records(store_root) == []
+    assert freed(store_root, record)
 
 
 def test_move_assigns_new_uids_and_empties_the_source(store: MailStore) -> None:
@@ -504,7 +506,7 @@ def test_same_key_delivered_concurrently_is_stored_once(
         t.join()
     assert sorted(out) == [False, True, True, True]
     assert len(store.messages(ALICE, "INBOX")) == 1
-    assert len([p for p in (store_root / "messages").rglob("*") if p.is_file()]) == 1
+    assert len(records(store_root)) == 1
 
 
 def test_closed_store_refuses_calls(store_root: Path, master_key: MasterKey) -> None:
@@ -552,7 +554,7 @@ def test_refused_delivery_in_a_concurrent_batch_leaves_the_others_stored(
     assert len(errors) == 1
     assert [m.uid for m in store.messages(ALICE, "INBOX")] == [1, 2, 3, 4, 5]
     assert not store.has_delivered("k0")
-    assert len([p for p in (store_root / "messages").rglob("*") if p.is_file()]) == 5
+    assert len(records(store_root)) == 5
 
 
 def test_mailbox_listing_decrypts_addresses(store: MailStore) -> None:
