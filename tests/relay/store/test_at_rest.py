@@ -195,15 +195,17 @@ def test_crash_before_a_commit_or_after_a_deletion_is_repaired_at_open(
     store_root: Path, master_key: MasterKey, tmp_path: Path
 ) -> None:
     kept = make_message(subject="kept")
+    last = make_message(subject="last")
     with MailStore.open(store_root, master_key, sanity_checks=True) as s:
         s.ensure_mailbox(ALICE)
         s.deliver(ALICE, kept, delivery_key="kept", internal_date=WHEN)
         s.deliver(
             ALICE, make_message(subject="gone"), delivery_key="gone", internal_date=WHEN
         )
-    kept_record, gone_record = records(store_root)
+        s.deliver(ALICE, last, delivery_key="last", internal_date=WHEN)
+    kept_record, gone_record, last_record = records(store_root)
     [segment] = segment_files(store_root)
-    end = gone_record.offset + gone_record.length
+    end = last_record.offset + last_record.length
     assert segment.stat().st_size == end
     proc = subprocess.run(
         [
@@ -224,12 +226,15 @@ def test_crash_before_a_commit_or_after_a_deletion_is_repaired_at_open(
     assert len(segment_files(store_root)) == 2
     assert not freed(store_root, gone_record)
     with MailStore.open(store_root, master_key, sanity_checks=True) as s:
-        assert records(store_root) == [kept_record]
+        assert records(store_root) == [kept_record, last_record]
         assert segment_files(store_root) == [segment]
-        assert segment.stat().st_size == kept_record.offset + kept_record.length
+        # The tail after the last record is cut; the deletion in the middle
+        # is freed.
+        assert segment.stat().st_size == end
         assert freed(store_root, gone_record)
-        assert [m.uid for m in s.messages(ALICE, "INBOX")] == [1]
+        assert [m.uid for m in s.messages(ALICE, "INBOX")] == [1, 3]
         assert s.fetch(ALICE, "INBOX", 1) == kept
+        assert s.fetch(ALICE, "INBOX", 3) == last
         assert [
             p.name for p in (store_root / "messages").rglob("*") if p.is_file()
         ] == []
