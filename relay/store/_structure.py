@@ -52,6 +52,13 @@ _BLANK_LINE = re.compile(rb"\n\r?\n")
 # RFC 5322 §2.2.3: unfolding removes CRLF that is followed by WSP.
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _ENC = "utf-8"
+# RFC 5322 §3.2.3 atext, and a dot-atom address with a dot-atom domain.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_DOT_ATOM_ADDR = rf"{_ATEXT}+(?:\.{_ATEXT}+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_PLAIN_ADDRESS = re.compile(
+    rf"(?P<bare>{_DOT_ATOM_ADDR})"
+    rf"|(?P<name>{_ATEXT}+(?: {_ATEXT}+)*) <(?P<addr>{_DOT_ATOM_ADDR})>"
+)
 _ERRORS = "surrogateescape"
 
 
@@ -275,27 +282,46 @@ def _first(fields: list[tuple[str, str]], name: str) -> str | None:
     return None
 
 
+def _split_params(value: str) -> list[str]:
+    """Split at each ``;`` outside a quoted string (a backslash inside quotes
+    escapes the next character; an unclosed quote runs to the end). Runs of
+    plain text are copied by slices, not character by character."""
+    items: list[str] = []
+    piece: list[str] = []
+    pos, end = 0, len(value)
+    while True:
+        semi = value.find(";", pos)
+        quote = value.find('"', pos, semi if semi >= 0 else end)
+        if quote < 0:
+            if semi < 0:
+                piece.append(value[pos:])
+                items.append("".join(piece))
+                return items
+            piece.append(value[pos:semi])
+            items.append("".join(piece))
+            piece = []
+            pos = semi + 1
+            continue
+        # A quoted string: up to its closing quote, skipping escaped characters.
+        at = quote + 1
+        while True:
+            close = value.find('"', at)
+            escape = value.find("\\", at, close if close >= 0 else end)
+            if escape >= 0:
+                at = escape + 2
+                continue
+            break
+        if close < 0:  # unclosed: the rest of the value is in it
+            piece.append(value[pos:])
+            items.append("".join(piece))
+            return items
+        piece.append(value[pos : close + 1])
+        pos = close + 1
+
+
 def _params(value: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     """Split ``type/subtype; a=b; c="d"`` into the head and raw parameters."""
-    items: list[str] = []
-    buf: list[str] = []
-    quoted = escaped = False
-    for ch in value:
-        if escaped:
-            buf.append(ch)
-            escaped = False
-        elif quoted and ch == "\\":
-            buf.append(ch)
-            escaped = True
-        elif ch == '"':
-            buf.append(ch)
-            quoted = not quoted
-        elif ch == ";" and not quoted:
-            items.append("".join(buf))
-            buf = []
-        else:
-            buf.append(ch)
-    items.append("".join(buf))
+    items = _split_params(value)
     head = _strip_comment(items[0]).strip()
     params: list[tuple[str, str]] = []
     for item in items[1:]:
@@ -475,12 +501,27 @@ def _before_newline(data: bytes, lo: int, pos: int) -> int:
     return pos
 
 
+def _plain_addresses(values: list[str]) -> list[tuple[str, str]] | None:
+    """What ``getaddresses`` returns, for header values that are each one
+    plain ``local@domain`` or ``Words <local@domain>`` (dot-atoms, words of
+    atom characters): the common case, without the general parser's
+    character-by-character walk. None for anything else."""
+    out: list[tuple[str, str]] = []
+    for value in values:
+        m = _PLAIN_ADDRESS.fullmatch(value)
+        if m is None:
+            return None
+        out.append((m["name"] or "", m["addr"] or m["bare"]))
+    return out
+
+
 def _addresses(fields: list[tuple[str, str]], name: str) -> tuple[Address, ...]:
     values = [v for n, v in fields if n == name]
     if not values:
         return ()
     out = []
-    for display, addr in getaddresses(values):
+    pairs = _plain_addresses(values)
+    for display, addr in getaddresses(values) if pairs is None else pairs:
         if not addr and not display:
             continue
         mailbox, at, host = addr.rpartition("@")
