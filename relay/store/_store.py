@@ -372,14 +372,6 @@ def _aad(kind: bytes, mailbox_id: int, blob_id: bytes) -> bytes:
     return _MAGIC + kind + struct.pack(">Q", mailbox_id) + blob_id
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _read_file(path: str, size: int) -> bytes:
     """A file expected to hold ``size`` bytes, read in two or three system
     calls where ``Path.read_bytes`` makes five (FETCH reads a thousand files
@@ -708,10 +700,9 @@ class MailStore:
             )
         if row is None:
             raise MailboxNotFoundError(addr)
+        # Where an older store kept this mailbox's files (nothing is written
+        # there any more).
         directory = self._messages_dir / str(row[0])
-        if not directory.is_dir():
-            directory.mkdir(mode=0o700, exist_ok=True)
-            _fsync_dir(self._messages_dir)
         mailbox = _Mailbox(
             row[0], addr, self._keys.data_key(bytes(row[1]), locator), directory
         )

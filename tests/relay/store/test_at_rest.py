@@ -185,6 +185,7 @@ CRASH = textwrap.dedent(
         store._segments.sync(active)
     # A file of an older store's layout, half written.
     mailbox = store._mailbox(address)
+    mailbox.directory.mkdir()
     (mailbox.directory / ".tmp-0123").write_bytes(b"half written")
     os._exit(9)
     """
