@@ -5,6 +5,8 @@
   it returns (or raises) what aiosmtpd's ``SMTP._getaddr`` does.
 - ``_has_bare_line_ending`` (the newline decoder) says what the three counts
   it replaced said, for any bytes.
+- ``parse_head`` gives the message object ``BytesHeaderParser`` (compat32)
+  gives for the header section, every attribute of it.
 - ``RelaySMTP._read_data`` (parts joined once, dots found by ``memchr``)
   returns what the bytearray version it replaced returned, whatever the
   chunking, the stream limit and the size limit, and leaves the same bytes
@@ -14,15 +16,17 @@
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import itertools
 import string
+from email.parser import BytesHeaderParser
 
 import pytest
 from aiosmtpd.smtp import SMTP
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from relay.smtp.handler import _has_bare_line_ending
+from relay.smtp.handler import _has_bare_line_ending, _header_fields, parse_head
 from relay.smtp.server import RelaySMTP, plain_path, unstuff
 
 # -- MAIL FROM / RCPT TO paths ---------------------------------------------------
@@ -379,3 +383,86 @@ def test_read_data_sees_the_end_in_the_part_that_goes_over_the_limit() -> None:
         return await _data_server(reader, 50)._read_data(), await reader.read()
 
     assert asyncio.run(read()) == (None, b"QUIT\r\n")
+
+
+# -- the header section ------------------------------------------------------------
+
+field_names = st.sampled_from(
+    ["From", "To", "Subject", "Message-ID", "X-MSS-MES", "Content-Type", "a", "~!"]
+)
+field_values = st.text(' \tabc:;<>@."=?()\x00\x0b\x1c', max_size=12)
+field_lines = st.builds(lambda n, v: f"{n}:{v}", field_names, field_values)
+folded_lines = st.builds(lambda w, v: w + v, st.sampled_from([" ", "\t"]), field_values)
+odd_lines = st.one_of(
+    st.sampled_from(
+        ["From a@b", "From: x", ":no name", "no colon", "", "Sub ject: x", "é: x"]
+    ),
+    st.builds(lambda v: "X:" + v + "\r", field_values),
+    st.builds(lambda v: " " + v + "\r", field_values),
+    st.builds(lambda v: "X:\n" + v, field_values),
+    st.builds(lambda v: "\t\n" + v, field_values),
+)
+ends = st.sampled_from(["\r\n\r\n", "\r\n\r\n", "\r\n\r\n", "\r\n", "", "\n\n"])
+
+
+@st.composite
+def header_sections(draw: st.DrawFn) -> bytes:
+    """Mostly plain sections; half of them with one odd line spliced in."""
+    lines = draw(
+        st.lists(st.one_of(field_lines, field_lines, folded_lines), max_size=8)
+    )
+    if draw(st.booleans()):
+        lines.insert(draw(st.integers(0, len(lines))), draw(odd_lines))
+    return ("\r\n".join(lines) + draw(ends)).encode("utf-8")
+
+
+def _parser_view(head: bytes) -> dict[str, object]:
+    parsed = BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
+    return _view(parsed)
+
+
+def _view(message: object) -> dict[str, object]:
+    state = dict(vars(message))
+    state["defects"] = [type(d) for d in state["defects"]]
+    return state
+
+
+@settings(max_examples=1000, deadline=None, derandomize=True)
+@given(head=header_sections())
+@example(head=b"From: a@b\r\nSubject: x\r\n y\r\n\tz\r\n\r\n")
+@example(head=b"Subject:\r\n folded\r\n\r\n")
+@example(head=b"Subject: \t v \t\r\n\r\n")
+@example(head=b" first line folded\r\nTo: a\r\n\r\n")
+@example(head=b"To: a\r\n x\r\r\n\r\n")
+def test_parse_head_gives_what_the_email_parser_gives(head: bytes) -> None:
+    assert _view(parse_head(head)) == _parser_view(head)
+
+
+def test_plain_header_section_skips_the_parser() -> None:
+    head = (
+        b"From: a@b.example\r\nTo: c@d.example\r\nSubject: one\r\n two\r\n"
+        b"Content-Type: multipart/mixed;\r\n\tboundary=x\r\n\r\n"
+    )
+    assert _header_fields(head) == [
+        ("From", "a@b.example"),
+        ("To", "c@d.example"),
+        ("Subject", "one\r\n two"),
+        ("Content-Type", "multipart/mixed;\r\n\tboundary=x"),
+    ]
+    assert _view(parse_head(head)) == _parser_view(head)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"From a@b Mon Nov 2\r\nTo: c\r\n\r\n",  # an mbox From line
+        b" folded first\r\nTo: c\r\n\r\n",
+        b"To: c\r\nno colon\r\n\r\n",
+        b"To: \xc3\xa9\r\n\r\n",  # 8-bit
+        b"To: c\nCc: d\r\n\r\n",  # bare LF
+        b"To: c\r\n",  # no empty line: the whole message is headers
+    ],
+)
+def test_other_header_sections_go_to_the_parser(head: bytes) -> None:
+    assert _header_fields(head) is None
+    assert _view(parse_head(head)) == _parser_view(head)
