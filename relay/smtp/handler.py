@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import email.message
 import email.policy
 import email.utils
+import io
 import logging
+import re
 import traceback
 from base64 import b64decode
 from dataclasses import dataclass, field
@@ -86,6 +89,13 @@ R554_NO_FROM: Final = policy.Reply(554, "5.6.0", "Message has no valid From head
 # message. A change (suspension, revocation) applies to a session at most
 # this late; new sessions always see it at once.
 DIRECTORY_CACHE_SECONDS: Final = 30.0
+# RFC 5322 §2.2: a header field line, "name:" then the body (ftext is
+# printable US-ASCII but ":"); §2.2.3: a folded continuation line.
+_FIELD_LINE: Final = re.compile(r"[\x21-\x39\x3b-\x7e]+:[^\r\n]*")
+_FOLDED_LINE: Final = re.compile(r"[ \t][^\r\n]*")
+# What io.IncrementalNewlineDecoder.newlines says of data with no line ending
+# at all, or with CRLF only.
+_CRLF_ONLY: Final = (None, "\r\n")
 
 
 class SpoolWriter(Protocol):
@@ -158,9 +168,58 @@ def _account_facts(account: Account) -> policy.AccountFacts:
 def _has_bare_line_ending(data: bytes) -> bool:
     # RFC 5321 §2.3.8: CR and LF only as CRLF. A bare LF or CR is how SMTP
     # smuggling hides a second message (Postfix: smtpd_forbid_bare_newline).
-    # Three passes (the CRLF count is the costly one: once); 100 KB in 0.2 ms.
-    crlf = data.count(b"\r\n")
-    return data.count(b"\n") != crlf or data.count(b"\r") != crlf
+    # The newline decoder of io records which line endings it met ("\r",
+    # "\n", "\r\n") in one C pass (memchr when there is no CR at all);
+    # latin-1 maps each byte to one character, so CR and LF stay themselves.
+    # 100 KB in 41 us, against 190 us for three counts.
+    seen = io.IncrementalNewlineDecoder(None, translate=False)
+    seen.decode(data.decode("latin-1"), final=True)  # final: a trailing CR counts
+    return seen.newlines not in _CRLF_ONLY
+
+
+def _header_fields(head: bytes) -> list[tuple[str, str]] | None:
+    """The fields of a plain header section, as the ``email`` parser stores
+    them; None when the section is anything but plain (then the parser
+    itself must read it).
+
+    Plain: ASCII, CRLF line endings only, every line a field
+    (RFC 5322 §2.2: printable name, no space, a colon) or the continuation of
+    one (§2.2.3 folding), ending with the empty line. Each field goes through
+    the very function the parser calls (``compat32.header_source_parse``), so
+    the values are the parser's, folding included.
+    """
+    if not head.endswith(b"\r\n\r\n") or not head.isascii():
+        return None
+    fields: list[tuple[str, str]] = []
+    source: list[str] = []
+    header_source_parse = email.policy.compat32.header_source_parse
+    for line in head[:-4].decode("ascii").split("\r\n"):
+        if _FIELD_LINE.fullmatch(line):
+            if source:
+                fields.append(header_source_parse(source))
+            source = [line + "\r\n"]
+        elif source and _FOLDED_LINE.fullmatch(line):
+            source.append(line + "\r\n")
+        else:
+            return None
+    if source:
+        fields.append(header_source_parse(source))
+    return fields
+
+
+def parse_head(head: bytes) -> Message:
+    """The header section, exactly as ``BytesHeaderParser`` with ``compat32``
+    parses it (headers, empty payload, no defects), without the parser's
+    line-by-line machinery when the section is plain (:func:`_header_fields`);
+    anything else goes to the parser."""
+    fields = _header_fields(head)
+    if fields is None:
+        return BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
+    headers = email.message.Message(policy=email.policy.compat32)
+    for name, value in fields:
+        headers.set_raw(name, value)  # what the parser does with each field
+    headers.set_payload("")  # headers only: the parser's empty body
+    return headers
 
 
 def _addresses(headers: Message, name: str) -> list[str]:
@@ -649,7 +708,7 @@ class RelayHandler:
         if stripped is not head:
             data = stripped + data[len(head) :]
             head = stripped
-        headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
+        headers = parse_head(head)
         sender = envelope.sender_facts
         assert sender is not None  # noqa: S101
         added: list[str] = []
