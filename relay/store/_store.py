@@ -398,9 +398,7 @@ def _new_blob_id() -> bytes:
     after another sort one after another, so a batch's index rows go to the
     last pages of the blobs table instead of random ones (fewer pages to
     write at each commit); the random half keeps them unique."""
-    return time.time_ns().to_bytes(8, "big") + secrets.token_bytes(
-        _BLOB_ID_SIZE - 8
-    )
+    return time.time_ns().to_bytes(8, "big") + secrets.token_bytes(_BLOB_ID_SIZE - 8)
 
 
 def _uid_list(uids: Iterable[int]) -> list[int]:
