@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import threading
 from typing import TYPE_CHECKING
 
@@ -119,6 +120,14 @@ def test_where_holes_cannot_be_punched_a_freed_record_is_zeroed(
 def test_a_punched_record_gives_its_space_back(
     store: MailStore, store_root: Path
 ) -> None:
+    probe = store_root / "probe"
+    probe.write_bytes(bytes(65536))
+    fd = os.open(probe, os.O_WRONLY)
+    try:
+        if not segments._punch(fd, 0, 4096):
+            pytest.skip("this file system cannot punch holes (zeros instead)")
+    finally:
+        os.close(fd)
     big = make_message(body="x" * 400_000)
     store.deliver(ALICE, big, delivery_key="big", internal_date=WHEN)
     store.deliver(ALICE, make_message(), delivery_key="small", internal_date=WHEN)
