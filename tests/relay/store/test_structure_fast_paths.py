@@ -36,7 +36,7 @@ def _split_params_char_by_char(value: str) -> list[str]:
     return items
 
 
-@settings(max_examples=3000)
+@settings(max_examples=3000, deadline=None, derandomize=True)
 @given(st.text(alphabet='ab;"\\= (', max_size=24))
 def test_parameters_split_as_one_character_at_a_time(value: str) -> None:
     assert _split_params(value) == _split_params_char_by_char(value)
@@ -80,7 +80,7 @@ def _header_values(draw: st.DrawFn) -> str:
     return value
 
 
-@settings(max_examples=3000)
+@settings(max_examples=3000, deadline=None, derandomize=True)
 @given(st.lists(_header_values(), min_size=1, max_size=3))
 def test_plain_addresses_are_what_getaddresses_gives(values: list[str]) -> None:
     fast = _plain_addresses(values)
