@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from relay.durable import fsync_dir
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
@@ -127,14 +129,6 @@ def new_queue_id(now: datetime) -> str:
     return now.astimezone(UTC).strftime("%Y%m%dT%H%M%S%f") + "-" + secrets.token_hex(6)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 NONCE_SIZE: Final = 12
 # A spool file of format 2 starts with this line; a file without it is of
 # format 1 (one message: the envelope as a JSON line, then nonce || sealed).
@@ -209,7 +203,7 @@ class Spool:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return written
 
     def read(self, name: str) -> list[tuple[Envelope, bytes]]:

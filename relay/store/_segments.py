@@ -44,6 +44,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, cast
 
+from relay.durable import fsync_dir
 from relay.store._keys import NONCE_SIZE, TAG_SIZE
 
 if TYPE_CHECKING:
@@ -97,14 +98,6 @@ def _zero(fd: int, offset: int, length: int) -> None:
         offset += os.pwrite(fd, _ZEROS[: min(len(_ZEROS), end - offset)], offset)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def segment_name(segment: int) -> str:
     return f"{segment:016x}"
 
@@ -128,7 +121,7 @@ class Segments:
         self._held: set[int] = set()
         if not directory.is_dir():
             directory.mkdir(mode=0o700, exist_ok=True)
-            _fsync_dir(directory.parent)
+            fsync_dir(directory.parent)
 
     def path(self, segment: int) -> Path:
         return self.directory / segment_name(segment)
@@ -165,7 +158,7 @@ class Segments:
         try:
             os.write(fd, HEADER)
             os.fdatasync(fd)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except BaseException:
             os.close(fd)
             path.unlink(missing_ok=True)
