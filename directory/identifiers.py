@@ -51,9 +51,12 @@ MAX_DOMAIN_LENGTH: Final = 255
 LA_POSTE_SIREN: Final = "356000000"
 LA_POSTE_HEAD_OFFICE_SIRET: Final = "35600000000048"
 
-# RFC 5322 §3.2.3 atext, without the characters that cannot appear unquoted.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LOCAL_PART = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
+# RFC 5322 §3.2.3: atext, the characters that may appear unquoted (ASCII),
+# and a dot-atom of them (also RFC 5321 §4.1.2 Dot-string). Regular
+# expression pieces, shared by the relay's parsers.
+ATEXT: Final = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+DOT_ATOM: Final = rf"{ATEXT}+(?:\.{ATEXT}+)*"
+_LOCAL_PART = re.compile(DOT_ATOM)
 # RFC 5321 §4.1.2 Domain: sub-domains of letters, digits and inner hyphens.
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _INS = re.compile(r"[12378][0-9]{4}(?:[0-9]{2}|2A|2B)[0-9]{8}")

@@ -47,19 +47,18 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
+from directory.identifiers import DOT_ATOM
+
 if TYPE_CHECKING:
     import ssl
 
     from relay.policy import Channel, SenderFacts
 
 
-# RFC 5321 §4.1.2: atext, the characters of a Dot-string's atoms (ASCII only:
-# anything else goes to aiosmtpd's parser).
-_ATEXT: Final = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]"
-_DOT_ATOM: Final = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
-# A path with a Dot-string local part and a dot-atom domain: what nearly
-# every client sends (RFC 5321 §4.1.2 Path, no source route, no quoting).
-_PLAIN_PATH: Final = re.compile(rf"<({_DOT_ATOM}@{_DOT_ATOM})>")
+# A path with a Dot-string local part and a dot-atom domain, ASCII only: what
+# nearly every client sends (RFC 5321 §4.1.2 Path, no source route, no
+# quoting); anything else goes to aiosmtpd's parser.
+_PLAIN_PATH: Final = re.compile(rf"<({DOT_ATOM}@{DOT_ATOM})>")
 # The end of data (RFC 5321 §4.1.1.4), found as ".<CRLF>" preceded by <CRLF>.
 _DOT_CRLF: Final = b".\r\n"
 # How many dots unstuff() checks one by one before it lets replace() scan the

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from email.utils import getaddresses
 from typing import Any, Final
 
+from directory.identifiers import ATEXT, DOT_ATOM
+
 __all__ = [
     "MAX_DEPTH",
     "MAX_PARTS",
@@ -52,12 +54,12 @@ _BLANK_LINE = re.compile(rb"\n\r?\n")
 # RFC 5322 §2.2.3: unfolding removes CRLF that is followed by WSP.
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _ENC = "utf-8"
-# RFC 5322 §3.2.3 atext, and a dot-atom address with a dot-atom domain.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
-_DOT_ATOM_ADDR = rf"{_ATEXT}+(?:\.{_ATEXT}+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+# A dot-atom address (RFC 5322 §3.4.1) with a domain of letters, digits and
+# hyphens; a display name of atext words (§3.2.5 phrase, unquoted).
+_DOT_ATOM_ADDR = rf"{DOT_ATOM}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 _PLAIN_ADDRESS = re.compile(
     rf"(?P<bare>{_DOT_ATOM_ADDR})"
-    rf"|(?P<name>{_ATEXT}+(?: {_ATEXT}+)*) <(?P<addr>{_DOT_ATOM_ADDR})>"
+    rf"|(?P<name>{ATEXT}+(?: {ATEXT}+)*) <(?P<addr>{_DOT_ATOM_ADDR})>"
 )
 _ERRORS = "surrogateescape"
 
