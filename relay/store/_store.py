@@ -1365,12 +1365,6 @@ class MailStore:
             raise MessageNotFoundError(target.name, uid)
         return _info(row)
 
-    def _blob_of(
-        self, mailbox: _Mailbox, folder: str | SpecialUse, uid: int, column: str
-    ) -> tuple[bytes, bytes | None]:
-        row = self._blob_row(mailbox, folder, uid, column)
-        return row.blob_id, row.value
-
     def _blob_row(
         self, mailbox: _Mailbox, folder: str | SpecialUse, uid: int, column: str
     ) -> _BlobRow:
@@ -1427,16 +1421,23 @@ class MailStore:
         mailbox = self._mailbox(address)
         row = self._blob_row(mailbox, folder, uid, "NULL")
         with self._segments.reader() as reader:
-            try:
-                return self._open_record(mailbox, row, reader)
-            except (FileNotFoundError, CorruptMessageError) as exc:
-                # Expunged between the index read and the record read (commit,
-                # then free)? Else the record is lost or damaged: say so.
-                self._blob_row(mailbox, folder, uid, "NULL")
-                if isinstance(exc, FileNotFoundError):
-                    what = f"message {mailbox.id}/{row.blob_id.hex()}"
-                    raise CorruptMessageError(what, "message file missing") from exc
-                raise
+            return self._read_message(mailbox, folder, row, reader)
+
+    def _read_message(
+        self, mailbox: _Mailbox, folder: str | SpecialUse, row: _BlobRow, reader: Reader
+    ) -> bytes:
+        """:meth:`_open_record`, telling a message expunged between the index
+        read and the record read (commit, then free:
+        :class:`MessageNotFoundError`) from a record lost or damaged
+        (:class:`CorruptMessageError`, never skipped silently)."""
+        try:
+            return self._open_record(mailbox, row, reader)
+        except (FileNotFoundError, CorruptMessageError) as exc:
+            self._blob_row(mailbox, folder, row.uid, "NULL")  # gone: not found
+            if isinstance(exc, FileNotFoundError):
+                what = f"message {mailbox.id}/{row.blob_id.hex()}"
+                raise CorruptMessageError(what, "message file missing") from exc
+            raise
 
     def structure(
         self, address: str, folder: str | SpecialUse, uid: int
@@ -1447,12 +1448,12 @@ class MailStore:
             MessageNotFoundError, CorruptMessageError.
         """
         mailbox = self._mailbox(address)
-        blob_id, sealed = self._blob_of(mailbox, folder, uid, "b.structure")
-        what = f"structure {mailbox.id}/{blob_id.hex()}"
-        if sealed is None:
+        row = self._blob_row(mailbox, folder, uid, "b.structure")
+        what = f"structure {mailbox.id}/{row.blob_id.hex()}"
+        if row.value is None:
             raise CorruptMessageError(what, "no cached structure")
         plain = mailbox.key.unseal(
-            sealed, _aad(b"structure", mailbox.id, blob_id), what
+            row.value, _aad(b"structure", mailbox.id, row.blob_id), what
         )
         return ParsedStructure.from_json(plain)
 
@@ -1499,19 +1500,10 @@ class MailStore:
             for row in self._blobs_of(
                 mailbox, folder, _uid_list(uids), structure=False
             ):
-                try:
-                    out[row.uid] = self._open_record(mailbox, row, reader)
-                except (FileNotFoundError, CorruptMessageError) as exc:
-                    # Expunged after the index read (commit, then free)? Else
-                    # the record is lost or damaged: never skip that silently.
-                    try:
-                        self._blob_row(mailbox, folder, row.uid, "NULL")
-                    except MessageNotFoundError:
-                        continue
-                    if isinstance(exc, FileNotFoundError):
-                        what = f"message {mailbox.id}/{row.blob_id.hex()}"
-                        raise CorruptMessageError(what, "message file missing") from exc
-                    raise
+                # Expunged after the index read: left out, like a UID that
+                # does not exist.
+                with contextlib.suppress(MessageNotFoundError):
+                    out[row.uid] = self._read_message(mailbox, folder, row, reader)
         return out
 
     def headers(
