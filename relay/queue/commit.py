@@ -13,9 +13,9 @@ per message; nothing waits on a timer. In a group:
 
 - a message whose recipients are all local mailboxes is stored in them
   directly (:meth:`relay.queue.deliver.LocalDelivery.deliver_direct`): every
-  copy of every such message of the group in one store batch (one
-  ``fdatasync`` per copy, one ``fsync`` per mailbox directory, one index
-  commit), then the steps that follow a delivery; no spool file;
+  copy of every such message of the group in one store batch (one append
+  to a segment file, one ``fdatasync``, one index commit), then the steps
+  that follow a delivery; no spool file;
 - the others (a remote recipient, or a direct delivery that failed or was
   refused) go to the spool: one file, one ``fsync`` of the file and one of
   the directory for all of them (:meth:`relay.queue.spool.Spool.write_batch`),

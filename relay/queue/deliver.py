@@ -14,8 +14,8 @@ that cannot be delivered so goes to the spool and takes the first way.
 
 Batches: a worker takes every spool file queued (up to
 :data:`MAX_BATCH_FILES`), and stores every copy of every message in them
-with one :meth:`relay.store.MailStore.deliver_batch`: one ``fdatasync`` per
-copy, one ``fsync`` per mailbox directory touched, one index commit; the
+with one :meth:`relay.store.MailStore.deliver_batch`: one append to a
+segment file, one ``fdatasync``, one index commit; the
 ``message.delivered`` audit records of the batch go in one locked write;
 then the spool files are removed. The more the relay accepts at once, the
 fewer syncs per message.
