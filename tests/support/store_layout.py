@@ -58,5 +58,7 @@ def segment_files(root: Path) -> list[Path]:
 def freed(root: Path, record: Record) -> bool:
     """The record's range holds nothing any more (punched, or zeros), or its
     segment is gone."""
-    path = record.path(root)
-    return not path.exists() or record.read(root).count(0) == len(record.read(root))
+    if not record.path(root).exists():
+        return True
+    data = record.read(root)
+    return data.count(0) == len(data)

@@ -145,16 +145,7 @@ def test_a_message_expunged_between_index_and_record_reads_is_not_found(
     store.deliver(ALICE, make_message(), delivery_key="a", internal_date=WHEN)
     store.deliver(ALICE, make_message(), delivery_key="b", internal_date=WHEN)
     reader = store._segments.reader
-
-    @contextlib.contextmanager
-    def expunge_first() -> Iterator[segments.Reader]:
-        # Another session's EXPUNGE commits and frees the record after this
-        # read found its row and before it reads the record.
-        _expunge(store, ALICE, 1)
-        with reader() as r:
-            yield r
-
-    monkeypatch.setattr(store._segments, "reader", expunge_first)
+    monkeypatch.setattr(store._segments, "reader", expunge_first_of(store, reader, 1))
     with pytest.raises(MessageNotFoundError):
         store.fetch(ALICE, "INBOX", 1)
     monkeypatch.setattr(store._segments, "reader", reader)
@@ -168,6 +159,10 @@ def expunge_first_of(
     reader: Callable[[], contextlib.AbstractContextManager[segments.Reader]],
     uid: int,
 ) -> Callable[[], contextlib.AbstractContextManager[segments.Reader]]:
+    """``reader`` after another session's EXPUNGE of ``uid`` has committed
+    and freed its record: between a read's index look-up and its record
+    read."""
+
     @contextlib.contextmanager
     def wrapped() -> Iterator[segments.Reader]:
         _expunge(store, ALICE, uid)
