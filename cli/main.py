@@ -74,6 +74,7 @@ from mssante import (
     TLSVerificationError,
     TransportError,
 )
+from relay import eventloop
 from relay.accounts import AccountError, AccountExistsError, AccountNotFoundError
 from relay.app import RelayError, load_master_key
 from relay.audit import AUDIT_FILE_NAME, AuditError, AuditEvent, AuditTrail
@@ -689,7 +690,7 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
         ctx = Context(
             config=config, directory_config=dir_config, as_json=args.json, out=stream
         )
-        return asyncio.run(_run(args, ctx))
+        return eventloop.run(_run(args, ctx))
     except (
         InvalidFieldError,
         ImportFileError,

@@ -41,7 +41,10 @@ async def serve(config: Config, out: IO[str], *, banner: str = "") -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         async with run_relay(config) as running:
-            out.write(f"mssante relay listening:\n{describe_listeners(running)}\n")
+            out.write(
+                f"mssante relay listening ({type(loop).__module__.split('.')[0]}"
+                f" event loop):\n{describe_listeners(running)}\n"
+            )
             if banner:
                 out.write(banner)
             out.write("stop with Ctrl-C or SIGTERM\n")

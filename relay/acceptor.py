@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from relay import eventloop
 from relay.app import (
     accepting,
     load_master_key,
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("usage: python -m relay.acceptor CONFIG PORTS-JSON\n")
         return 2
     ports = {str(k): int(v) for k, v in json.loads(args[1]).items()}
-    return asyncio.run(serve(Path(args[0]), ports))
+    return eventloop.run(serve(Path(args[0]), ports))
 
 
 if __name__ == "__main__":
