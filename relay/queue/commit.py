@@ -15,7 +15,10 @@ per message; nothing waits on a timer. In a group:
   directly (:meth:`relay.queue.deliver.LocalDelivery.deliver_direct`): every
   copy of every such message of the group in one store batch (one append
   to a segment file, one ``fdatasync``, one index commit), then the steps
-  that follow a delivery; no spool file;
+  that follow a delivery; no spool file. The copies are parsed and sealed
+  on the event loop first (``prepare_direct``): done in the writer thread,
+  that work held the GIL the loop needs between every TLS read and socket
+  write;
 - the others (a remote recipient, or a direct delivery that failed or was
   refused) go to the spool: one file, one ``fsync`` of the file and one of
   the directory for all of them (:meth:`relay.queue.spool.Spool.write_batch`),
@@ -58,7 +61,7 @@ from relay.queue.spool import SpoolError, new_queue_id
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from relay.queue.deliver import LocalDelivery
+    from relay.queue.deliver import DirectBatch, LocalDelivery
     from relay.queue.spool import Envelope, Spool
 
 # Bounds of one group: enough to take every session's message at once under
@@ -79,6 +82,15 @@ class _Waiting:
     message: bytes
     done: asyncio.Future[Envelope]
     accepted: Callable[[Envelope], None] | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Direct:
+    """The messages of a group stored without the spool: their indexes in
+    the group, and what the event loop made ready of them."""
+
+    local: list[int]
+    batch: DirectBatch
 
 
 @dataclass(slots=True)
@@ -158,8 +170,10 @@ class SpoolCommitter:
             while self._waiting:
                 group = self._next_group()
                 try:
+                    envelopes = _with_queue_ids(group)
+                    direct = self._prepare_direct(envelopes, group)
                     outcome = await loop.run_in_executor(
-                        self._pool, self._commit, group
+                        self._pool, self._commit, group, envelopes, direct
                     )
                 except OSError as exc:
                     # The audit trail could not take the accepted records.
@@ -183,19 +197,24 @@ class SpoolCommitter:
             # that callback runs must find a writer slot free.
             self._writers.discard(asyncio.current_task())
 
-    def _commit(self, group: list[_Waiting]) -> _Outcome:
+    def _prepare_direct(
+        self, envelopes: list[Envelope], group: list[_Waiting]
+    ) -> _Direct | None:
+        """The group's all-local messages, parsed and sealed (on the event
+        loop: :meth:`relay.queue.deliver.LocalDelivery.prepare_direct`)."""
+        direct = self._direct
+        if direct is None:
+            return None
+        local = [n for n, e in enumerate(envelopes) if direct.accepts_direct(e)]
+        if not local:
+            return None
+        batch = direct.prepare_direct([(envelopes[n], group[n].message) for n in local])
+        return _Direct(local, batch)
+
+    def _commit(
+        self, group: list[_Waiting], envelopes: list[Envelope], direct: _Direct | None
+    ) -> _Outcome:
         """Store or spool one group (blocking, in the writer thread)."""
-        # The queue id comes first: a message that falls back to the spool
-        # keeps it, so the copies already stored are found again by their
-        # delivery keys (<queue id>:<recipient>) and not stored twice.
-        envelopes = [
-            w.envelope
-            if w.envelope.queue_id
-            else dataclasses.replace(
-                w.envelope, queue_id=new_queue_id(w.envelope.received_at)
-            )
-            for w in group
-        ]
         results: list[Envelope | SpoolError | None] = [None] * len(group)
         told: set[int] = set()
 
@@ -205,16 +224,10 @@ class SpoolCommitter:
             if callback is not None:
                 callback(envelopes[n])
 
-        direct = self._direct
-        local = (
-            [n for n, e in enumerate(envelopes) if direct.accepts_direct(e)]
-            if direct is not None
-            else []
-        )
-        if direct is not None and local:
-            delivered = direct.deliver_direct(
-                [(envelopes[n], group[n].message) for n in local],
-                stored=lambda k: accepted(local[k]),
+        if direct is not None and self._direct is not None:
+            local = direct.local
+            delivered = self._direct.deliver_direct(
+                direct.batch, stored=lambda k: accepted(local[k])
             )
             for k in delivered:
                 results[local[k]] = envelopes[local[k]]
@@ -244,6 +257,23 @@ class SpoolCommitter:
         while self._writers:
             await asyncio.wait(list(self._writers))
         self._pool.shutdown(wait=True)
+
+
+def _with_queue_ids(group: list[_Waiting]) -> list[Envelope]:
+    """The group's envelopes, each with its queue id.
+
+    The queue id comes first: a message that falls back to the spool keeps
+    it, so the copies already stored are found again by their delivery keys
+    (<queue id>:<recipient>) and not stored twice.
+    """
+    return [
+        w.envelope
+        if w.envelope.queue_id
+        else dataclasses.replace(
+            w.envelope, queue_id=new_queue_id(w.envelope.received_at)
+        )
+        for w in group
+    ]
 
 
 def _failure(exc: BaseException | None) -> SpoolError:

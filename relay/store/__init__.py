@@ -34,6 +34,7 @@ from relay.store._store import (
     HIERARCHY_DELIMITER,
     MailStore,
     NewDelivery,
+    SealedBatch,
     canonical_address,
     canonical_folder,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "MessageNotFoundError",
     "NewDelivery",
     "ParsedStructure",
+    "SealedBatch",
     "SpecialUse",
     "StoreError",
     "StoreLockedError",

@@ -284,6 +284,31 @@ class _Tx:
     drop: set[int] = field(default_factory=set)
 
 
+@dataclass(frozen=True, slots=True)
+class _SealedCopy:
+    """One delivery of a batch, sealed, waiting for its place in a segment."""
+
+    n: int  # its index in the batch
+    mailbox: _Mailbox
+    folder: str | SpecialUse
+    blob_id: bytes
+    size: int
+    structure: bytes  # sealed
+    record: bytes  # sealed: what goes into the segment
+    row: tuple[int, str, int, int]  # flag bits, keyword text, date, zone
+    tag: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SealedBatch:
+    """A batch of deliveries made ready by :meth:`MailStore.seal_batch`: each
+    one refused, found delivered before, or sealed under its mailbox's key.
+    Opaque outside the store; :meth:`MailStore.store_sealed` stores it."""
+
+    known: tuple[Delivered | StoreError | None, ...]
+    copies: tuple[_SealedCopy, ...]
+
+
 def canonical_address(address: str) -> str:
     """RFC 5321 §2.4: the local part is case-sensitive, the domain is not."""
     local, at, domain = (
@@ -1185,54 +1210,97 @@ class MailStore:
         Raises:
             OSError, sqlite3.Error: a host fault; nothing of the batch is stored.
         """
-        results: list[Delivered | StoreError | None] = [None] * len(deliveries)
+        return self.store_sealed(self.seal_batch(deliveries, fresh=fresh))
+
+    def seal_batch(
+        self, deliveries: Sequence[NewDelivery], *, fresh: bool = False
+    ) -> SealedBatch:
+        """The first half of :meth:`deliver_batch`: each delivery's structure
+        parsed (unless given) and its message and structure sealed, nothing
+        written. CPU work only when ``fresh`` and the mailboxes are known to
+        this store (the relay seals on its event loop, then stores in a
+        thread: the sealing does not compete for the GIL with the loop).
+
+        Raises:
+            OSError, sqlite3.Error: a host fault looking up a mailbox or a
+                prior delivery.
+        """
+        known: list[Delivered | StoreError | None] = [None] * len(deliveries)
+        copies: list[_SealedCopy] = []
+        for n, d in enumerate(deliveries):
+            if not isinstance(d.message, bytes):
+                raise ValueError("a message is bytes")
+            try:
+                mailbox = self._mailbox(d.address)
+                bits, keywords = _parse_flags(d.flags)
+            except StoreError as exc:
+                known[n] = exc
+                continue
+            tag = self._keys.locator("delivery", d.delivery_key)
+            if not fresh:
+                with self._lock:
+                    prior = self._prior_delivery(self._conn(), mailbox, tag)
+                if prior is not None:
+                    known[n] = prior
+                    continue
+            ts, tz = _date_parts(d.internal_date)
+            folder = d.folder
+            if not isinstance(folder, SpecialUse):
+                folder = canonical_folder(folder)
+            blob_id = _new_blob_id()
+            parsed = d.structure
+            if parsed is None:
+                parsed = parse_structure(d.message)
+            elif self._sanity and parsed != parse_structure(d.message):
+                raise ValueError("a delivery's structure is not its message's")
+            copies.append(
+                _SealedCopy(
+                    n=n,
+                    mailbox=mailbox,
+                    folder=folder,
+                    blob_id=blob_id,
+                    size=len(d.message),
+                    structure=mailbox.key.seal(
+                        parsed.to_json(), _aad(b"structure", mailbox.id, blob_id)
+                    ),
+                    record=mailbox.key.seal(
+                        d.message, _aad(b"message", mailbox.id, blob_id)
+                    ),
+                    row=(bits, _keyword_text(keywords), ts, tz),
+                    tag=tag,
+                )
+            )
+        return SealedBatch(tuple(known), tuple(copies))
+
+    def store_sealed(self, batch: SealedBatch) -> list[Delivered | StoreError]:
+        """The second half of :meth:`deliver_batch` (blocking): the sealed
+        records appended to one segment and synced, then their rows committed
+        in one transaction. Returns one result per delivery of the batch.
+
+        Raises:
+            OSError, sqlite3.Error: a host fault; nothing of the batch is stored.
+        """
+        results = list(batch.known)
         jobs: list[tuple[int, _Job, _Loc]] = []
-        records: list[bytes] = []
         active = self._segments.acquire()
         begin = at = active.size
         try:
-            for n, d in enumerate(deliveries):
-                if not isinstance(d.message, bytes):
-                    raise ValueError("a message is bytes")
-                try:
-                    mailbox = self._mailbox(d.address)
-                    bits, keywords = _parse_flags(d.flags)
-                except StoreError as exc:
-                    results[n] = exc
-                    continue
-                tag = self._keys.locator("delivery", d.delivery_key)
-                if not fresh:
-                    with self._lock:
-                        prior = self._prior_delivery(self._conn(), mailbox, tag)
-                    if prior is not None:
-                        results[n] = prior
-                        continue
-                ts, tz = _date_parts(d.internal_date)
-                folder = d.folder
-                if not isinstance(folder, SpecialUse):
-                    folder = canonical_folder(folder)
-                blob_id = _new_blob_id()
-                parsed = d.structure
-                if parsed is None:
-                    parsed = parse_structure(d.message)
-                elif self._sanity and parsed != parse_structure(d.message):
-                    raise ValueError("a delivery's structure is not its message's")
-                structure = mailbox.key.seal(
-                    parsed.to_json(), _aad(b"structure", mailbox.id, blob_id)
-                )
-                record = mailbox.key.seal(
-                    d.message, _aad(b"message", mailbox.id, blob_id)
-                )
-                loc = (active.id, at, len(record))
-                at += len(record)
-                records.append(record)
-                row = (bits, _keyword_text(keywords), ts, tz)
+            for c in batch.copies:
+                loc = (active.id, at, len(c.record))
+                at += len(c.record)
                 insert = self._insert(
-                    mailbox, folder, blob_id, len(d.message), structure, row, tag, loc
+                    c.mailbox,
+                    c.folder,
+                    c.blob_id,
+                    c.size,
+                    c.structure,
+                    c.row,
+                    c.tag,
+                    loc,
                 )
-                jobs.append((n, _Job(insert), loc))
+                jobs.append((c.n, _Job(insert), loc))
             if jobs:
-                self._segments.append(active, records)
+                self._segments.append(active, [c.record for c in batch.copies])
                 self._segments.sync(active)
                 self._commit_jobs([job for _, job, _ in jobs])
         finally:

@@ -181,13 +181,28 @@ async def test_message_with_a_remote_recipient_goes_through_the_spool(
 
 
 async def test_store_failure_falls_back_to_the_spool(parts: Parts) -> None:
-    parts.store.close()  # every store call now fails
+    parts.store.close()  # every store call now fails, the sealing's first
     written = await parts.write(_envelope(COLLEAGUE))
     assert parts.spool.pending() == [written.queue_id]
     assert parts.announced == [written.queue_id]
     assert parts.accepted == [written.queue_id]
     assert parts.delivered == []
     assert [e for e, q in parts.events() if q == written.queue_id] == []
+
+
+async def test_store_failure_after_sealing_falls_back_to_the_spool(
+    parts: Parts,
+) -> None:
+    # The first message makes both mailboxes known: the second one's copies
+    # are sealed on the event loop without the index, and the store fails
+    # only in the writer thread (the other test fails at the sealing).
+    first = await parts.write(_envelope(COLLEAGUE))
+    parts.store.close()
+    second = await parts.write(_envelope(COLLEAGUE))
+    assert parts.spool.pending() == [second.queue_id]
+    assert parts.announced == [second.queue_id]
+    assert parts.accepted == [first.queue_id, second.queue_id]
+    assert parts.delivered == [(first.queue_id, [COLLEAGUE])]
 
 
 async def test_refused_copy_sends_the_message_to_the_spool_and_replay_stores_once(
