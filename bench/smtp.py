@@ -873,6 +873,13 @@ def _print_profile(path: Path, top: int = 30) -> None:
 # --- driver --------------------------------------------------------------------
 
 
+def eventloop_name() -> str:
+    """The loop ``mssante serve`` runs on here (``relay.eventloop``)."""
+    from relay import eventloop
+
+    return "asyncio" if eventloop.loop_factory() is None else "uvloop"
+
+
 def run(args: argparse.Namespace) -> int:
     messages = args.messages or (QUICK_MESSAGES if args.quick else DEFAULT_MESSAGES)
     sessions = args.sessions or (QUICK_SESSIONS if args.quick else DEFAULT_SESSIONS)
@@ -886,7 +893,9 @@ def run(args: argparse.Namespace) -> int:
         " generator (asyncio, STARTTLS, MAIL/RCPT/DATA pipelined), loopback",
         "ours: submission, STARTTLS + AUTH PLAIN, full policy, stored before its"
         " 250 in the encrypted store (recipient INBOX + sender Sent copy, one"
-        " segment append and fdatasync per group commit); argon2id "
+        " segment append and fdatasync per group commit); "
+        + eventloop_name()
+        + " event loop; argon2id "
         + (
             "t=1 m=1MiB p=1 (--cheap-logins)"
             if args.cheap_logins
