@@ -29,6 +29,13 @@ Owns: what aiosmtpd does not do the way a mail relay must.
   over the limit holds the end), discarded, and refused with ``552 5.3.4``.
   Unlike aiosmtpd, lines longer than 1,000 octets are accepted, as Postfix
   does.
+- **STARTTLS through the loop** (:meth:`RelaySMTP.smtp_STARTTLS`): aiosmtpd
+  builds asyncio's pure-Python TLS layer by hand; the relay asks the running
+  loop (``loop.start_tls``), so on uvloop the TLS layer is uvloop's, in C
+  (relay CPU -7 %, 100 KB messages +5 % in ``bench smtp``). The plaintext
+  read ahead is thrown away before the switch (RFC 3207 §4.2; the STARTTLS
+  command injection, CVE-2011-0411); after it, aiosmtpd's own state reset
+  and a new session, keeping what the client already sent over TLS.
 - **Plain paths** (:func:`plain_path`): aiosmtpd parses each ``MAIL`` and
   ``RCPT`` path with the ``email`` header parser; ``<local@domain>`` in
   dot-atom form and ``<>`` are answered here with the same result, every
@@ -43,9 +50,9 @@ import asyncio
 import re
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, TLSSetupException, syntax
 
 from directory.identifiers import DOT_ATOM
 
@@ -230,6 +237,17 @@ class RelayEnvelope(Envelope):
         self.usable_from: set[str] = set()
 
 
+class _TlsFacts:
+    """What aiosmtpd keeps of the TLS layer after STARTTLS: a truth value
+    (TLS is on) and ``_extra``, the TLS facts it puts in ``session.ssl``;
+    here those of the transport ``loop.start_tls`` returned."""
+
+    _NAMES: Final = ("sslcontext", "ssl_object", "peercert", "cipher", "compression")
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        self._extra = {name: transport.get_extra_info(name) for name in self._NAMES}
+
+
 class RelaySMTP(SMTP):
     """One SMTP connection on one of the relay's listeners."""
 
@@ -280,6 +298,45 @@ class RelaySMTP(SMTP):
         if self.local_part_limit and len(local_part) > self.local_part_limit:
             return None, None
         return address, rest
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's name
+        if arg:
+            await self.push("501 Syntax: STARTTLS")
+            return
+        await self.push("220 Ready to start TLS")
+        # uvloop's transports are not subclasses of asyncio's: no isinstance.
+        plain = cast("asyncio.WriteTransport | None", self.transport)
+        ctx = self.tls_context
+        # Gone while the 220 was sent; no context: the syntax decorator
+        # hides STARTTLS then.
+        if plain is None or ctx is None:  # pragma: no cover
+            raise ConnectionResetError("connection lost before STARTTLS")
+        # RFC 3207 §4.2: nothing the client sent in plaintext after STARTTLS
+        # counts. From here to the switch inside start_tls nothing awaits,
+        # so no plaintext can come in between.
+        stream: bytearray = self._reader._buffer  # type: ignore[attr-defined]
+        stream.clear()
+        try:
+            tls = await self.loop.start_tls(plain, self, ctx, server_side=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # aiosmtpd closes the connection on this
+            raise TLSSetupException from error
+        if tls is None:  # pragma: no cover (the loop closed the connection)
+            raise TLSSetupException
+        # aiosmtpd's own switch, as after its hand-built TLS layer: it takes
+        # the TLS transport as a new connection (the StreamReader and
+        # StreamWriter moved onto it, a new session) when a plain transport
+        # is on record, and reads the TLS facts of the session from the
+        # layer's ``_extra``. It also empties the stream, which its own layer
+        # does before any TLS data; here the client's first command may have
+        # come in with the end of the handshake: it is kept.
+        early = bytes(stream)
+        self._original_transport = plain
+        self._tls_protocol = _TlsFacts(tls)  # type: ignore[assignment]
+        self.connection_made(tls)
+        stream += early
 
     @property
     def ssl_object(self) -> ssl.SSLObject | None:
