@@ -381,9 +381,8 @@ class LocalDelivery:
         )
         copies = [copy for m in messages for copy in m.copies]
         try:
-            for address in dict.fromkeys(c.address for c in copies):
-                self._store.ensure_mailbox(address)
-            sealed: SealedBatch | None = self._store.seal_batch(copies, fresh=True)
+            # Queue ids just made: no copy can have been stored before.
+            sealed: SealedBatch | None = self._seal(copies, fresh=True)
         except (StoreError, OSError, sqlite3.Error):
             log.exception(
                 "sealing %d messages failed; they go to the spool", len(items)
@@ -452,9 +451,7 @@ class LocalDelivery:
         copies = [copy for m in messages if m.unit not in failed for copy in m.copies]
         try:
             if sealed is None:
-                for address in dict.fromkeys(c.address for c in copies):
-                    self._store.ensure_mailbox(address)
-                sealed = self._store.seal_batch(copies)
+                sealed = self._seal(copies)
             elif failed:  # pragma: no cover (prepare_direct takes all-local messages)
                 raise StoreError("a sealed batch with a remote recipient")
             results = self._store.store_sealed(sealed)
@@ -477,6 +474,14 @@ class LocalDelivery:
                 )
                 failed.add(m.unit)
         return failed
+
+    def _seal(
+        self, copies: Sequence[NewDelivery], *, fresh: bool = False
+    ) -> SealedBatch:
+        """``copies`` sealed for the store, their mailboxes made first."""
+        for address in dict.fromkeys(c.address for c in copies):
+            self._store.ensure_mailbox(address)
+        return self._store.seal_batch(copies, fresh=fresh)
 
     def _record_delivered(self, messages: Sequence[_Message]) -> None:
         """The ``message.delivered`` records of messages whose copies are
