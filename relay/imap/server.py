@@ -280,9 +280,9 @@ class ImapConnection:
                         imap.Untagged.status(imap.Status.BYE, "Server shutting down")
                     )
                 )
-        transport = self.writer.transport
-        if isinstance(transport, asyncio.WriteTransport):
-            transport.abort()
+        # Every loop's stream transport can abort (uvloop's are not
+        # subclasses of asyncio's: no isinstance here).
+        self.writer.transport.abort()
 
     async def _start_tls(self) -> None:
         self.start_tls_after_reply = False
