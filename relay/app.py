@@ -121,7 +121,8 @@ def quiet_protocol_traces() -> None:
 
 
 # asyncio allocates this read buffer for every TLS connection (256 KB in
-# CPython 3.11's sslproto). A TLS record holds at most 16 KB of data
+# CPython 3.11's sslproto): on asyncio's loop (relay.eventloop's fallback);
+# uvloop's TLS layer has its own. A TLS record holds at most 16 KB of data
 # (RFC 8446 §5.1), so 32 KB reads whole records; it keeps an idle IMAP or
 # SMTP session near 60 KB instead of 285 KB.
 TLS_READ_BUFFER: Final = 32 * 1024

@@ -39,10 +39,11 @@ class _Client:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.plain = b""
         ctx = ssl.create_default_context(cafile=str(ca))
-        ctx.check_hostname = False
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
-        self.tls = ctx.wrap_bio(self.incoming, self.outgoing)
+        self.tls = ctx.wrap_bio(
+            self.incoming, self.outgoing, server_hostname="127.0.0.1"
+        )
         self.clear = b""
 
     def plain_reply(self) -> bytes:

@@ -22,8 +22,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sized
     from pathlib import Path
 
-_SUBMISSION = re.compile(r"SMTP submission \(STARTTLS\)\s+127\.0\.0\.1:(\d+)")
-
 
 def write_config(tmp_path: Path, tls: Path, *, processes: int = 1) -> Path:
     path = tmp_path / "serve.toml"
@@ -62,6 +60,16 @@ argon2_parallelism = 1
 
 def start(config: Path, timeout: float = 30) -> tuple[subprocess.Popen[str], int]:
     """``mssante serve --config config``; the process and its submission port."""
+    proc, port, _ = start_listening(config, "SMTP submission (STARTTLS)", timeout)
+    return proc, port
+
+
+def start_listening(
+    config: Path, listener: str, timeout: float = 30
+) -> tuple[subprocess.Popen[str], int, str]:
+    """``mssante serve --config config``; the process, the port of
+    ``listener`` (as the start banner names it) and the banner up to it."""
+    pattern = re.compile(re.escape(listener) + r"\s+127\.0\.0\.1:(\d+)")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -76,16 +84,18 @@ def start(config: Path, timeout: float = 30) -> tuple[subprocess.Popen[str], int
         text=True,
     )
     assert proc.stdout is not None
+    banner = ""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
             break
-        found = _SUBMISSION.search(line)
+        banner += line
+        found = pattern.search(line)
         if found:
-            return proc, int(found.group(1))
+            return proc, int(found.group(1)), banner
     proc.kill()
-    raise AssertionError("relay did not start: " + (proc.stdout.read() or ""))
+    raise AssertionError("relay did not start: " + banner + (proc.stdout.read() or ""))
 
 
 async def kill_under_load(

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import imaplib
-import re
 import signal
 import ssl
-import subprocess
-import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -18,37 +15,10 @@ from tests.support import serve
 from tests.support.relay_fixtures import seed_data_dir
 
 if TYPE_CHECKING:
+    import subprocess
     from pathlib import Path
 
     from tests.support.relay_fixtures import TlsFiles
-
-_IMAP = re.compile(r"IMAP \(STARTTLS\)\s+127\.0\.0\.1:(\d+)")
-
-
-def _start(config: Path) -> tuple[subprocess.Popen[str], int, str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from cli.main import entry_point; entry_point()",
-            *("--config", str(config), "serve"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    banner = ""
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        assert line, "relay did not start"
-        banner += line
-        found = _IMAP.search(line)
-        if found:
-            return proc, int(found.group(1)), banner
-    proc.kill()
-    raise AssertionError("no IMAP listener")
 
 
 def _stop_with_a_session_open(
@@ -72,7 +42,9 @@ async def test_starttls_then_stop_says_bye(tmp_path: Path, tls_files: TlsFiles) 
     with config.open("a", encoding="utf-8") as f:
         f.write("\n[imap.plain]\nport = 0\n[imap.implicit]\nenabled = false\n")
     await seed_data_dir(load(config), tls_files)
-    proc, port, banner = await asyncio.to_thread(_start, config)
+    proc, port, banner = await asyncio.to_thread(
+        serve.start_listening, config, "IMAP (STARTTLS)"
+    )
     try:
         goodbye, took = await asyncio.to_thread(
             _stop_with_a_session_open, proc, port, tls_files.directory / "ca.pem"
